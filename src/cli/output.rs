@@ -1,0 +1,166 @@
+//! What the headless commands print: tables for people, JSON for scripts.
+
+use crate::config::units::human_bytes;
+use crate::config::{Config, Operations};
+use crate::store::{Store, Task, TaskKind, rfc3339};
+use anyhow::Result;
+use serde_json::{Value, json};
+
+pub fn ops(o: Operations) -> &'static str {
+    match o {
+        Operations::All => "all",
+        Operations::Put => "put",
+    }
+}
+
+pub fn kind(t: &Task) -> &'static str {
+    match t.kind {
+        TaskKind::Put => "put",
+        TaskKind::Delete => "delete-marker",
+    }
+}
+
+/// One JSON object per rule, in the shape of DESIGN section 7.
+pub fn status_rows(config: &Config, store: &Store) -> Result<Vec<Value>> {
+    let mut rows = Vec::new();
+    for rule in &config.rules {
+        let state = store.rule_state(&rule.id)?.unwrap_or_default();
+        let backlog = store.backlog(&rule.id)?;
+        rows.push(json!({
+            "id": rule.id,
+            "enabled": rule.enabled,
+            "state": if state.state.is_empty() { "new".to_string() } else { state.state.clone() },
+            "source": rule.source.to_string(),
+            "destination": rule.destination.to_string(),
+            "prefixes": rule.prefixes,
+            "operations": ops(rule.operations),
+            "enable_point": state.enable_point.map(rfc3339),
+            "last_sync_point": state.last_sync_point.map(rfc3339),
+            "pending_tasks": backlog.pending_tasks,
+            "pending_bytes": backlog.pending_bytes,
+            "failed_tasks": backlog.failed_tasks,
+            "replicated_objects": state.replicated_objects,
+            "replicated_bytes": state.replicated_bytes,
+            "migration": Value::Null,
+        }));
+    }
+    Ok(rows)
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub fn print_status(rows: &[Value]) {
+    if rows.is_empty() {
+        println!("no rules in the config");
+        return;
+    }
+    for r in rows {
+        println!(
+            "{}  [{}{}]  {} -> {}",
+            s(&r["id"]),
+            s(&r["state"]),
+            if r["enabled"] == Value::Bool(false) {
+                ", disabled in config"
+            } else {
+                ""
+            },
+            s(&r["source"]),
+            s(&r["destination"])
+        );
+        println!("  enable point     {}", s(&r["enable_point"]));
+        println!("  last sync point  {}", s(&r["last_sync_point"]));
+        println!(
+            "  backlog          {} task(s), {}",
+            s(&r["pending_tasks"]),
+            human_bytes(r["pending_bytes"].as_i64().unwrap_or(0).max(0) as u64)
+        );
+        println!("  failed           {} task(s)", s(&r["failed_tasks"]));
+        println!(
+            "  replicated       {} object(s), {}",
+            s(&r["replicated_objects"]),
+            human_bytes(r["replicated_bytes"].as_i64().unwrap_or(0).max(0) as u64)
+        );
+    }
+}
+
+pub fn print_tasks(tasks: &[Task], json: bool) -> Result<()> {
+    if json {
+        let rows: Vec<Value> = tasks
+            .iter()
+            .map(|t| {
+                json!({
+                    "id": t.id, "rule": t.rule_id, "kind": kind(t), "key": t.key,
+                    "version_id": t.version_id, "size": t.size, "state": t.state,
+                    "attempts": t.attempts, "error": t.last_error,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json!({ "tasks": rows }))?);
+        return Ok(());
+    }
+    if tasks.is_empty() {
+        println!("no tasks");
+        return Ok(());
+    }
+    println!(
+        "{:>6}  {:<8}  {:<14}  {:>10}  {:>7}  RULE / KEY",
+        "TASK", "STATE", "KIND", "SIZE", "ATTEMPT"
+    );
+    for t in tasks {
+        println!(
+            "{:>6}  {:<8}  {:<14}  {:>10}  {:>7}  {} / {}",
+            t.id,
+            t.state,
+            kind(t),
+            human_bytes(t.size),
+            t.attempts,
+            t.rule_id,
+            t.key
+        );
+        if let Some(e) = &t.last_error
+            && t.state == "failed"
+        {
+            println!("{:>8}reason: {e}", "");
+        }
+    }
+    Ok(())
+}
+
+pub fn print_rules(config: &Config, store: &Store) -> Result<()> {
+    if config.rules.is_empty() {
+        println!("no rules in {}", config.path.display());
+        return Ok(());
+    }
+    println!(
+        "{:<20}  {:<8}  {:<24}  {:<24}  {:<4}  SCOPE",
+        "ID", "ENABLED", "SOURCE", "DESTINATION", "OPS"
+    );
+    for r in &config.rules {
+        let state = store.rule_state(&r.id)?;
+        let enabled = match (r.enabled, state.as_ref().map(|s| s.state.as_str())) {
+            (true, Some("enabled")) => "yes",
+            (true, _) => "pending",
+            (false, _) => "no",
+        };
+        println!(
+            "{:<20}  {:<8}  {:<24}  {:<24}  {:<4}  {}{}",
+            r.id,
+            enabled,
+            r.source.to_string(),
+            r.destination.to_string(),
+            ops(r.operations),
+            r.scope_text(),
+            r.storage_class
+                .as_ref()
+                .map(|c| format!("; storage class {c}"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}

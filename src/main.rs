@@ -1,0 +1,129 @@
+//! Argument parsing, then hand-off to the headless commands (or, later, the terminal UI).
+
+use clap::{Args, Parser, Subcommand};
+use crr::cli::{self, Paths};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Cross-region replication for S3-compatible object storage.
+///
+/// crr copies every new version written to a source bucket into a destination bucket in
+/// another region, following rules in a TOML config file, and keeps its progress in a state
+/// directory so nothing is lost when it stops. Run it from cron (`crr run --once`), as a
+/// service (`crr serve`), and watch it with `crr status`.
+#[derive(Parser)]
+#[command(name = "crr", version, after_help = EXAMPLES)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+const EXAMPLES: &str = "Examples:
+  crr check                         validate the config and preflight every rule
+  crr run --once                    replicate what changed since the last run, then exit
+  crr serve                         replicate continuously until SIGINT/SIGTERM
+  crr status --json                 progress per rule, for scripts
+  crr rule disable photos-dr        stop a rule (replicated data stays)
+
+Config: --config, else $CRR_CONFIG, else $XDG_CONFIG_HOME/crr/config.toml.
+State:  --state, else $CRR_STATE, else $XDG_STATE_HOME/crr.
+Exit status: 0 success, 1 the work failed, 2 invalid input (usage, config, preflight).";
+
+#[derive(Args)]
+struct Global {
+    /// The config file [env: CRR_CONFIG] [default: $XDG_CONFIG_HOME/crr/config.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// The state directory [env: CRR_STATE] [default: $XDG_STATE_HOME/crr]
+    #[arg(long, global = true, value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// The terminal UI's theme
+    #[arg(long, global = true, value_name = "NAME")]
+    theme: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate the config and preflight every rule against the real buckets (0 = all good)
+    Check,
+    /// Catch every enabled rule up, then exit (0 = nothing failed, 1 = tasks failed)
+    Run {
+        /// Run once and exit (the only mode; `crr serve` runs continuously)
+        #[arg(long)]
+        once: bool,
+    },
+    /// Run the engine headless until SIGINT or SIGTERM
+    Serve,
+    /// Per-rule state, progress and backlog
+    Status {
+        /// One JSON object, for scripts
+        #[arg(long)]
+        json: bool,
+    },
+    /// List, enable or disable rules (the config file is updated, comments kept)
+    #[command(subcommand)]
+    Rule(RuleCommand),
+    /// Running, queued and failed tasks
+    Queue {
+        /// Only failed tasks, with their reasons
+        #[arg(long)]
+        failed: bool,
+        /// JSON, for scripts
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue failed tasks again
+    Retry {
+        /// Task ids (see `crr queue --failed`)
+        tasks: Vec<i64>,
+        /// Every failed task of this rule
+        #[arg(long, value_name = "ID", conflicts_with = "all")]
+        rule: Option<String>,
+        /// Every failed task
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RuleCommand {
+    /// The rules in the config, with their state
+    List,
+    /// Enable a rule: preflight, record a new enable point; later writes are replicated
+    Enable { id: String },
+    /// Disable a rule: queued tasks dropped, in-flight copies aborted, replicated data kept
+    Disable { id: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let paths = Paths::resolve(cli.global.config, cli.global.state);
+    let _ = cli.global.theme;
+    let Some(command) = cli.command else {
+        eprintln!("crr: the terminal UI is not part of this build yet; use the headless commands (see `crr --help`)");
+        return ExitCode::from(2);
+    };
+    cli::run(paths, |rt_paths| async move {
+        match command {
+            Command::Check => cli::check(&rt_paths).await,
+            Command::Run { once } => {
+                if !once {
+                    return Err(crr::Invalid(
+                        "`crr run` needs --once (it catches up and exits); use `crr serve` to run continuously".into(),
+                    )
+                    .into());
+                }
+                cli::run_once(&rt_paths).await
+            }
+            Command::Serve => cli::serve(&rt_paths).await,
+            Command::Status { json } => cli::status(&rt_paths, json).await,
+            Command::Rule(RuleCommand::List) => cli::rule_list(&rt_paths).await,
+            Command::Rule(RuleCommand::Enable { id }) => cli::rule_set(&rt_paths, &id, true).await,
+            Command::Rule(RuleCommand::Disable { id }) => cli::rule_set(&rt_paths, &id, false).await,
+            Command::Queue { failed, json } => cli::queue(&rt_paths, failed, json).await,
+            Command::Retry { tasks, rule, all } => cli::retry(&rt_paths, tasks, rule, all).await,
+        }
+    })
+}

@@ -1,0 +1,709 @@
+//! The durable state in `STATE_DIR/crr.db` (SQLite, WAL): each rule's enable point and counters,
+//! the versions each rule has already seen, the task queue, multipart progress, scans (from
+//! which the last sync point follows) and commands posted to a running engine.
+//! Credentials never enter it.
+
+mod lock;
+
+pub use lock::{EngineLock, LockHeld};
+
+use anyhow::{Context, Result};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS rules (
+    rule_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,               -- enabled | enabling | disabled | deleted
+    generation INTEGER NOT NULL DEFAULT 0,
+    scope TEXT NOT NULL DEFAULT '',
+    destination TEXT NOT NULL DEFAULT '',  -- ENDPOINT/BUCKET, to abort uploads of a deleted rule
+    enable_point INTEGER,              -- unix ms
+    disabled_at INTEGER,
+    last_sync_point INTEGER,
+    replicated_objects INTEGER NOT NULL DEFAULT 0,
+    replicated_bytes INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS seen (
+    rule_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    version_id TEXT NOT NULL,
+    PRIMARY KEY (rule_id, key, version_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    rule_id TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    kind TEXT NOT NULL,                -- put | delete
+    key TEXT NOT NULL,
+    version_id TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    source_time INTEGER NOT NULL,      -- unix seconds of the source version
+    state TEXT NOT NULL,               -- queued | running | done | failed | dropped | skipped
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    upload_id TEXT,
+    dest_version_id TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, id);
+CREATE INDEX IF NOT EXISTS tasks_by_key ON tasks (rule_id, key, id);
+CREATE INDEX IF NOT EXISTS tasks_by_rule ON tasks (rule_id, state, id);
+CREATE TABLE IF NOT EXISTS parts (
+    task_id INTEGER NOT NULL,
+    part_number INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    PRIMARY KEY (task_id, part_number)
+);
+CREATE TABLE IF NOT EXISTS scans (
+    rule_id TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    max_task_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    arg TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    applied_at INTEGER,
+    result TEXT
+);
+"#;
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 in UTC, to the second.
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskKind {
+    Put,
+    Delete,
+}
+
+impl TaskKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            TaskKind::Put => "put",
+            TaskKind::Delete => "delete",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Task {
+    pub id: i64,
+    pub rule_id: String,
+    pub generation: i64,
+    pub kind: TaskKind,
+    pub key: String,
+    pub version_id: String,
+    pub size: u64,
+    pub etag: String,
+    pub state: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    pub upload_id: Option<String>,
+    pub updated_at: i64,
+}
+
+/// A change found by a scan, to be queued.
+#[derive(Debug, Clone)]
+pub struct NewChange {
+    pub kind: TaskKind,
+    pub key: String,
+    pub version_id: String,
+    pub size: u64,
+    pub etag: String,
+    pub source_time: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RuleState {
+    pub rule_id: String,
+    pub state: String,
+    pub generation: i64,
+    pub scope: String,
+    pub destination: String,
+    pub enable_point: Option<i64>,
+    pub disabled_at: Option<i64>,
+    pub last_sync_point: Option<i64>,
+    pub replicated_objects: i64,
+    pub replicated_bytes: i64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Backlog {
+    pub pending_tasks: i64,
+    pub pending_bytes: i64,
+    pub failed_tasks: i64,
+}
+
+pub struct Store {
+    conn: Mutex<Connection>,
+    pub dir: PathBuf,
+}
+
+const TASK_COLUMNS: &str =
+    "id, rule_id, generation, kind, key, version_id, size, etag, state, attempts, last_error, upload_id, updated_at";
+
+fn task_from_row(r: &rusqlite::Row) -> rusqlite::Result<Task> {
+    let kind: String = r.get(3)?;
+    Ok(Task {
+        id: r.get(0)?,
+        rule_id: r.get(1)?,
+        generation: r.get(2)?,
+        kind: if kind == "delete" {
+            TaskKind::Delete
+        } else {
+            TaskKind::Put
+        },
+        key: r.get(4)?,
+        version_id: r.get(5)?,
+        size: r.get::<_, i64>(6)? as u64,
+        etag: r.get(7)?,
+        state: r.get(8)?,
+        attempts: r.get::<_, i64>(9)? as u32,
+        last_error: r.get(10)?,
+        upload_id: r.get(11)?,
+        updated_at: r.get(12)?,
+    })
+}
+
+impl Store {
+    /// Opens (creating if needed) the state database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating the state directory {}", dir.display()))?;
+        let path = dir.join("crr.db");
+        let conn = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(SCHEMA)
+            .with_context(|| format!("preparing {}", path.display()))?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn db(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (transactions roll back).
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    // ---- rules ------------------------------------------------------------------------------
+
+    pub fn rule_state(&self, id: &str) -> Result<Option<RuleState>> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT rule_id, state, generation, scope, enable_point, disabled_at, last_sync_point,
+                        replicated_objects, replicated_bytes, destination FROM rules WHERE rule_id = ?1",
+                [id],
+                |r| {
+                    Ok(RuleState {
+                        rule_id: r.get(0)?,
+                        state: r.get(1)?,
+                        generation: r.get(2)?,
+                        scope: r.get(3)?,
+                        enable_point: r.get(4)?,
+                        disabled_at: r.get(5)?,
+                        last_sync_point: r.get(6)?,
+                        replicated_objects: r.get(7)?,
+                        replicated_bytes: r.get(8)?,
+                        destination: r.get(9)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    pub fn rule_ids(&self) -> Result<Vec<(String, String)>> {
+        let db = self.db();
+        let mut st = db.prepare("SELECT rule_id, state FROM rules ORDER BY rule_id")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Starts (re-)enabling a rule: a new generation with an empty seen set.
+    pub fn begin_enable(&self, id: &str, scope: &str, destination: &str) -> Result<i64> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
+            "INSERT INTO rules (rule_id, state, generation, scope, destination) VALUES (?1, 'enabling', 1, ?2, ?3)
+             ON CONFLICT (rule_id) DO UPDATE SET state = 'enabling', generation = generation + 1, scope = ?2,
+             destination = ?3",
+            params![id, scope, destination],
+        )?;
+        tx.execute("DELETE FROM seen WHERE rule_id = ?1", [id])?;
+        tx.execute("DELETE FROM scans WHERE rule_id = ?1", [id])?;
+        let generation = tx.query_row("SELECT generation FROM rules WHERE rule_id = ?1", [id], |r| r.get(0))?;
+        tx.commit()?;
+        Ok(generation)
+    }
+
+    /// Records versions that existed at the enable point: they are never replicated in real time.
+    pub fn add_baseline(&self, id: &str, entries: &[(String, String)]) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        {
+            let mut st =
+                tx.prepare_cached("INSERT OR IGNORE INTO seen (rule_id, key, version_id) VALUES (?1, ?2, ?3)")?;
+            for (key, version) in entries {
+                st.execute(params![id, key, version])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn finish_enable(&self, id: &str, enable_point: i64) -> Result<()> {
+        self.db().execute(
+            "UPDATE rules SET state = 'enabled', enable_point = ?2, last_sync_point = ?2, disabled_at = NULL
+             WHERE rule_id = ?1",
+            params![id, enable_point],
+        )?;
+        Ok(())
+    }
+
+    /// Marks the rule disabled (or deleted) and drops its queued, running and failed tasks.
+    /// Returns the dropped tasks that had a multipart upload open, so it can be aborted.
+    pub fn disable(&self, id: &str, new_state: &str) -> Result<Vec<Task>> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let uploads = {
+            let mut st = tx.prepare(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE rule_id = ?1 AND upload_id IS NOT NULL
+                 AND state IN ('queued', 'running', 'failed')"
+            ))?;
+            st.query_map([id], task_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let now = now_ms();
+        tx.execute(
+            "UPDATE tasks SET state = 'dropped', updated_at = ?2, last_error = COALESCE(last_error, 'rule disabled')
+             WHERE rule_id = ?1 AND state IN ('queued', 'running', 'failed')",
+            params![id, now],
+        )?;
+        tx.execute(
+            "DELETE FROM parts WHERE task_id IN (SELECT id FROM tasks WHERE rule_id = ?1 AND state = 'dropped')",
+            [id],
+        )?;
+        tx.execute(
+            "INSERT INTO rules (rule_id, state, disabled_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (rule_id) DO UPDATE SET state = ?2, disabled_at = ?3",
+            params![id, new_state, now],
+        )?;
+        tx.commit()?;
+        Ok(uploads)
+    }
+
+    // ---- changes and tasks -------------------------------------------------------------------
+
+    /// Queues the changes not seen before, in the given order, together with marking them seen,
+    /// in one transaction: a change is on disk before the scan moves past it.
+    pub fn queue_new(&self, rule_id: &str, generation: i64, changes: &[NewChange]) -> Result<usize> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let mut queued = 0;
+        let now = now_ms();
+        {
+            let mut seen =
+                tx.prepare_cached("INSERT OR IGNORE INTO seen (rule_id, key, version_id) VALUES (?1, ?2, ?3)")?;
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO tasks (rule_id, generation, kind, key, version_id, size, etag, source_time, state, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9)",
+            )?;
+            for c in changes {
+                if seen.execute(params![rule_id, c.key, c.version_id])? == 1 {
+                    ins.execute(params![
+                        rule_id,
+                        generation,
+                        c.kind.as_str(),
+                        c.key,
+                        c.version_id,
+                        c.size as i64,
+                        c.etag,
+                        c.source_time,
+                        now
+                    ])?;
+                    queued += 1;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(queued)
+    }
+
+    /// Whether this version is already known to the rule (baseline or queued before).
+    pub fn is_seen(&self, rule_id: &str, key: &str, version_id: &str) -> Result<bool> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT 1 FROM seen WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3",
+                params![rule_id, key, version_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Leases the next runnable task: queued, due, of an enabled rule, and with no earlier
+    /// unfinished task for the same key (per-key order).
+    pub fn claim(&self, now: i64) -> Result<Option<Task>> {
+        let mut db = self.db();
+        let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let task = tx
+            .query_row(
+                &format!(
+                    "SELECT {TASK_COLUMNS} FROM tasks t WHERE state = 'queued' AND not_before <= ?1
+                     AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled'
+                                 AND r.generation = t.generation)
+                     AND NOT EXISTS (SELECT 1 FROM tasks e WHERE e.rule_id = t.rule_id AND e.key = t.key
+                                     AND e.id < t.id AND e.state IN ('queued', 'running'))
+                     ORDER BY id LIMIT 1"
+                ),
+                [now],
+                task_from_row,
+            )
+            .optional()?;
+        if let Some(t) = &task {
+            tx.execute(
+                "UPDATE tasks SET state = 'running', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
+                params![t.id, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(task.map(|mut t| {
+            t.attempts += 1;
+            t.state = "running".into();
+            t
+        }))
+    }
+
+    /// Tasks left `running` by a process that died are queued again (their parts are kept).
+    pub fn requeue_running(&self) -> Result<usize> {
+        Ok(self.db().execute(
+            "UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), updated_at = ?1 WHERE state = 'running'",
+            [now_ms()],
+        )?)
+    }
+
+    /// Gives an interrupted task back to the queue without counting the attempt.
+    pub fn release(&self, id: i64) -> Result<()> {
+        self.db().execute(
+            "UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), updated_at = ?2
+             WHERE id = ?1 AND state = 'running'",
+            params![id, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn complete(&self, task: &Task, dest_version: Option<&str>, bytes: u64) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let n = tx.execute(
+            "UPDATE tasks SET state = 'done', dest_version_id = ?2, last_error = NULL, updated_at = ?3
+             WHERE id = ?1 AND state = 'running'",
+            params![task.id, dest_version, now_ms()],
+        )?;
+        if n == 1 {
+            tx.execute(
+                "UPDATE rules SET replicated_objects = replicated_objects + 1, replicated_bytes = replicated_bytes + ?2
+                 WHERE rule_id = ?1",
+                params![task.rule_id, bytes as i64],
+            )?;
+        }
+        tx.execute("DELETE FROM parts WHERE task_id = ?1", [task.id])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Ends a task without copying (`skipped`): the reason says why.
+    pub fn skip(&self, id: i64, reason: &str) -> Result<()> {
+        self.db().execute(
+            "UPDATE tasks SET state = 'skipped', last_error = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'running'",
+            params![id, reason, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn retry_later(&self, id: i64, error: &str, not_before: i64) -> Result<()> {
+        self.db().execute(
+            "UPDATE tasks SET state = 'queued', last_error = ?2, not_before = ?3, updated_at = ?4
+             WHERE id = ?1 AND state = 'running'",
+            params![id, error, not_before, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    pub fn fail(&self, id: i64, error: &str) -> Result<()> {
+        self.db().execute(
+            "UPDATE tasks SET state = 'failed', last_error = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'running'",
+            params![id, error, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Whether a later change of the same key has already been replicated: copying this one
+    /// now would make an older version the destination's latest.
+    pub fn superseded(&self, task: &Task) -> Result<bool> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT 1 FROM tasks WHERE rule_id = ?1 AND key = ?2 AND id > ?3 AND state = 'done' LIMIT 1",
+                params![task.rule_id, task.key, task.id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Puts failed tasks back in the queue. `None` selects every failed task.
+    pub fn retry_failed(&self, rule: Option<&str>, ids: &[i64]) -> Result<usize> {
+        let db = self.db();
+        let now = now_ms();
+        if !ids.is_empty() {
+            let mut n = 0;
+            for id in ids {
+                n += db.execute(
+                    "UPDATE tasks SET state = 'queued', attempts = 0, not_before = 0, updated_at = ?2
+                     WHERE id = ?1 AND state = 'failed'",
+                    params![id, now],
+                )?;
+            }
+            return Ok(n);
+        }
+        Ok(match rule {
+            Some(r) => db.execute(
+                "UPDATE tasks SET state = 'queued', attempts = 0, not_before = 0, updated_at = ?2
+                 WHERE rule_id = ?1 AND state = 'failed'",
+                params![r, now],
+            )?,
+            None => db.execute(
+                "UPDATE tasks SET state = 'queued', attempts = 0, not_before = 0, updated_at = ?1 WHERE state = 'failed'",
+                [now],
+            )?,
+        })
+    }
+
+    pub fn tasks_in(&self, states: &[&str], limit: usize) -> Result<Vec<Task>> {
+        let list = states.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
+        let db = self.db();
+        let mut st = db.prepare(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ({list}) ORDER BY id LIMIT ?1"
+        ))?;
+        let rows = st.query_map([limit as i64], task_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// How many tasks are queued or running (optionally only those due by `now`).
+    pub fn unfinished(&self) -> Result<i64> {
+        Ok(self.db().query_row(
+            "SELECT COUNT(*) FROM tasks t WHERE state IN ('queued', 'running')
+             AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled')",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    pub fn backlog(&self, rule_id: &str) -> Result<Backlog> {
+        Ok(self.db().query_row(
+            "SELECT COALESCE(SUM(state IN ('queued', 'running')), 0),
+                    COALESCE(SUM(CASE WHEN state IN ('queued', 'running') THEN size ELSE 0 END), 0),
+                    COALESCE(SUM(state = 'failed'), 0)
+             FROM tasks WHERE rule_id = ?1",
+            [rule_id],
+            |r| {
+                Ok(Backlog {
+                    pending_tasks: r.get(0)?,
+                    pending_bytes: r.get(1)?,
+                    failed_tasks: r.get(2)?,
+                })
+            },
+        )?)
+    }
+
+    // ---- multipart ---------------------------------------------------------------------------
+
+    pub fn set_upload(&self, task_id: i64, upload_id: Option<&str>) -> Result<()> {
+        let db = self.db();
+        db.execute(
+            "UPDATE tasks SET upload_id = ?2 WHERE id = ?1",
+            params![task_id, upload_id],
+        )?;
+        if upload_id.is_none() {
+            db.execute("DELETE FROM parts WHERE task_id = ?1", [task_id])?;
+        }
+        Ok(())
+    }
+
+    pub fn tasks_upload(&self, task_id: i64) -> Result<Option<String>> {
+        Ok(self
+            .db()
+            .query_row("SELECT upload_id FROM tasks WHERE id = ?1", [task_id], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
+    pub fn add_part(&self, task_id: i64, part: i32, etag: &str, size: u64) -> Result<()> {
+        self.db().execute(
+            "INSERT OR REPLACE INTO parts (task_id, part_number, etag, size) VALUES (?1, ?2, ?3, ?4)",
+            params![task_id, part, etag, size as i64],
+        )?;
+        Ok(())
+    }
+
+    pub fn parts(&self, task_id: i64) -> Result<Vec<(i32, String, u64)>> {
+        let db = self.db();
+        let mut st = db.prepare("SELECT part_number, etag, size FROM parts WHERE task_id = ?1 ORDER BY part_number")?;
+        let rows = st.query_map([task_id], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    // ---- scans and the last sync point -------------------------------------------------------
+
+    /// The highest task id so far (a scan's high-water mark).
+    pub fn max_task_id(&self) -> Result<i64> {
+        Ok(self
+            .db()
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM tasks", [], |r| r.get(0))?)
+    }
+
+    /// Records a completed scan that started at `started_at` and queued tasks up to `max_task_id`.
+    pub fn record_scan(&self, rule_id: &str, generation: i64, started_at: i64, max_task_id: i64) -> Result<()> {
+        self.db().execute(
+            "INSERT INTO scans (rule_id, generation, started_at, max_task_id) VALUES (?1, ?2, ?3, ?4)",
+            params![rule_id, generation, started_at, max_task_id],
+        )?;
+        self.update_sync_point(rule_id)
+    }
+
+    /// The last sync point is the start of the newest scan all of whose changes (and all
+    /// earlier ones) are replicated. Failed tasks hold it back, as they should.
+    pub fn update_sync_point(&self, rule_id: &str) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let best: Option<i64> = tx.query_row(
+            "SELECT MAX(s.started_at) FROM scans s JOIN rules r ON r.rule_id = s.rule_id AND r.generation = s.generation
+             WHERE s.rule_id = ?1 AND NOT EXISTS (
+                SELECT 1 FROM tasks t WHERE t.rule_id = s.rule_id AND t.id <= s.max_task_id
+                AND t.state IN ('queued', 'running', 'failed'))",
+            [rule_id],
+            |r| r.get(0),
+        )?;
+        if let Some(best) = best {
+            tx.execute(
+                "UPDATE rules SET last_sync_point = MAX(COALESCE(last_sync_point, 0), ?2) WHERE rule_id = ?1",
+                params![rule_id, best],
+            )?;
+            tx.execute(
+                "DELETE FROM scans WHERE rule_id = ?1 AND started_at < ?2",
+                params![rule_id, best],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ---- commands to a running engine --------------------------------------------------------
+
+    pub fn post_command(&self, kind: &str, arg: &str) -> Result<i64> {
+        let db = self.db();
+        db.execute(
+            "INSERT INTO commands (kind, arg, created_at) VALUES (?1, ?2, ?3)",
+            params![kind, arg, now_ms()],
+        )?;
+        Ok(db.last_insert_rowid())
+    }
+
+    pub fn pending_commands(&self) -> Result<Vec<(i64, String, String)>> {
+        let db = self.db();
+        let mut st = db.prepare("SELECT id, kind, arg FROM commands WHERE applied_at IS NULL ORDER BY id")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn finish_command(&self, id: i64, result: &str) -> Result<()> {
+        self.db().execute(
+            "UPDATE commands SET applied_at = ?2, result = ?3 WHERE id = ?1",
+            params![id, now_ms(), result],
+        )?;
+        Ok(())
+    }
+
+    pub fn command_result(&self, id: i64) -> Result<Option<String>> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT result FROM commands WHERE id = ?1 AND applied_at IS NOT NULL",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(key: &str, v: &str) -> NewChange {
+        NewChange {
+            kind: TaskKind::Put,
+            key: key.into(),
+            version_id: v.into(),
+            size: 1,
+            etag: String::new(),
+            source_time: 0,
+        }
+    }
+
+    #[test]
+    fn queue_dedups_and_keeps_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let g = s.begin_enable("r", "scope", "sh/b").unwrap();
+        s.add_baseline("r", &[("old".into(), "v0".into())]).unwrap();
+        s.finish_enable("r", 1).unwrap();
+        assert_eq!(
+            s.queue_new("r", g, &[change("old", "v0"), change("a", "v1"), change("a", "v2")])
+                .unwrap(),
+            2
+        );
+        assert_eq!(s.queue_new("r", g, &[change("a", "v1")]).unwrap(), 0);
+        let first = s.claim(now_ms()).unwrap().unwrap();
+        assert_eq!(first.version_id, "v1");
+        // v2 waits for v1: same key.
+        assert!(s.claim(now_ms()).unwrap().is_none());
+        s.complete(&first, Some("d1"), 1).unwrap();
+        assert_eq!(s.claim(now_ms()).unwrap().unwrap().version_id, "v2");
+    }
+
+    #[test]
+    fn disable_drops_queue() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let g = s.begin_enable("r", "scope", "sh/b").unwrap();
+        s.finish_enable("r", 1).unwrap();
+        s.queue_new("r", g, &[change("a", "v1")]).unwrap();
+        s.disable("r", "disabled").unwrap();
+        assert!(s.claim(now_ms()).unwrap().is_none());
+        assert_eq!(s.backlog("r").unwrap().pending_tasks, 0);
+    }
+}
