@@ -313,39 +313,16 @@ impl CopyCtx<'_> {
         let part_size = self.engine.part_size.max(size.div_ceil(10_000));
         let part_count = size.div_ceil(part_size).max(1) as i32;
 
-        // Resume the upload a previous attempt or process started, if the server still has it.
+        // Resume the upload a previous attempt or process started. Its recorded parts were each
+        // verified when uploaded; if the server has since dropped the upload, the part upload or
+        // the completion says NoSuchUpload and the next attempt starts a fresh one.
         let mut done: HashMap<i32, (String, u64)> = HashMap::new();
-        let mut upload_id = None;
-        if let Some(existing) = &task.upload_id {
-            let listed = self
-                .dst
-                .client
-                .list_parts()
-                .bucket(&self.rule.destination.bucket)
-                .key(&task.key)
-                .upload_id(existing)
-                .send()
-                .await;
-            match listed {
-                Ok(out) => {
-                    let on_server: HashMap<i32, String> = out
-                        .parts()
-                        .iter()
-                        .filter_map(|p| Some((p.part_number()?, p.e_tag()?.to_string())))
-                        .collect();
-                    for (n, etag, sz) in self.store.parts(task.id)? {
-                        if on_server.get(&n).map(|e| unquote(e) == unquote(&etag)) == Some(true) {
-                            done.insert(n, (etag, sz));
-                        }
-                    }
-                    upload_id = Some(existing.clone());
-                    tracing::info!(task = task.id, parts = done.len(), "resuming multipart upload");
-                }
-                Err(e) => {
-                    tracing::info!(task = task.id, error = %s3_error("ListParts", &self.dst_target(&task.key), e), "starting the multipart upload again");
-                    self.store.set_upload(task.id, None)?;
-                }
+        let upload_id = task.upload_id.clone();
+        if upload_id.is_some() {
+            for (n, etag, sz) in self.store.parts(task.id)? {
+                done.insert(n, (etag, sz));
             }
+            tracing::info!(task = task.id, parts = done.len(), "resuming a multipart upload");
         }
         let upload_id = match upload_id {
             Some(u) => u,
@@ -399,7 +376,7 @@ impl CopyCtx<'_> {
         }))
         .buffer_unordered(self.engine.part_concurrency);
         while let Some(result) = stream.next().await {
-            let (n, etag, len) = result?;
+            let (n, etag, len) = result.map_err(|e| self.forget_lost_upload(task, e))?;
             self.store.add_part(task.id, n, &etag, len)?;
             self.progress.set(task.id, |p| p.parts_done += 1);
             done.insert(n, (etag, len));
@@ -433,7 +410,12 @@ impl CopyCtx<'_> {
             .multipart_upload(completed)
             .send()
             .await
-            .map_err(|e| s3_error("CompleteMultipartUpload", &self.dst_target(&task.key), e))?;
+            .map_err(|e| {
+                self.forget_lost_upload(
+                    task,
+                    s3_error("CompleteMultipartUpload", &self.dst_target(&task.key), e).into(),
+                )
+            })?;
         self.store.set_upload(task.id, None)?;
         let dest_version = out.version_id().map(str::to_string);
         let final_etag = out.e_tag().map(unquote).unwrap_or_default();
@@ -448,6 +430,18 @@ impl CopyCtx<'_> {
             dest_version,
             bytes: size,
         })
+    }
+
+    /// When the destination no longer knows the upload, forgets it and its parts so the next
+    /// attempt starts a new one.
+    fn forget_lost_upload(&self, task: &Task, err: CopyError) -> CopyError {
+        if let CopyError::Retry(msg) = &err
+            && msg.contains("NoSuchUpload")
+            && let Err(e) = self.store.set_upload(task.id, None)
+        {
+            tracing::warn!(task = task.id, error = %e, "could not forget a lost multipart upload");
+        }
+        err
     }
 
     /// Reads one byte range of the source version into memory (one part, bounded by

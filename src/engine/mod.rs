@@ -399,6 +399,7 @@ impl Engine {
 
     /// Catches every enabled rule up: one scan, then every queued task to its end.
     pub async fn run_once(self: &Arc<Self>) -> Result<RunSummary> {
+        let before = *self.replicated_now.lock().unwrap_or_else(|p| p.into_inner());
         let (queued, scan_errors) = self.scan_all().await;
         for w in self.spawn_workers(true) {
             w.await.context("a copy worker panicked")?;
@@ -407,7 +408,8 @@ impl Engine {
         for rule in &config.rules {
             self.store.update_sync_point(&rule.id)?;
         }
-        let (replicated, replicated_bytes) = *self.replicated_now.lock().unwrap_or_else(|p| p.into_inner());
+        let after = *self.replicated_now.lock().unwrap_or_else(|p| p.into_inner());
+        let (replicated, replicated_bytes) = (after.0 - before.0, after.1 - before.1);
         let failed = self
             .store
             .tasks_in(&["failed"], 1000)?

@@ -184,7 +184,11 @@ impl S3 {
                     let text = String::from_utf8_lossy(body);
                     return Ok(xml_element(&text, "Status").unwrap_or_default());
                 }
-                return Err(s3_error("GetBucketVersioning", &format!("{}/{bucket}", self.endpoint), e));
+                return Err(s3_error(
+                    "GetBucketVersioning",
+                    &format!("{}/{bucket}", self.endpoint),
+                    e,
+                ));
             }
         };
         Ok(match out.status() {

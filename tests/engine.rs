@@ -1,0 +1,250 @@
+//! The engine as a library, against two real moto S3 servers: what the command line cannot
+//! reach directly, such as a process dying in the middle of a multipart upload, or a rule being
+//! disabled while an upload is open.
+
+mod common;
+
+use common::{Env, Rule, create_bucket, get_bytes, pseudo_random_bytes, put};
+use crr::engine::Engine;
+use crr::store::now_ms;
+use std::sync::{Arc, Once};
+
+fn credentials() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: set once, before this test binary's engines read the environment; every test
+        // sets the same values.
+        unsafe {
+            std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+            std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+            std::env::set_var("AWS_CONFIG_FILE", "/nonexistent/crr-test-aws-config");
+            std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/crr-test-aws-credentials");
+        }
+    });
+}
+
+const MIB: usize = 1 << 20;
+
+async fn setup(env: &Env, rules: &[Rule]) -> Arc<Engine> {
+    credentials();
+    create_bucket(&env.gz, "src-bucket", true).await;
+    create_bucket(&env.sh, "dst-bucket", true).await;
+    env.write_config(rules);
+    open(env).await
+}
+
+async fn open(env: &Env) -> Arc<Engine> {
+    let config = crr::config::load(&env.config_path).expect("config loads");
+    Engine::open(config, &env.state_dir)
+        .await
+        .expect("state opens")
+        .expect("no other engine holds the lock")
+}
+
+async fn open_uploads(env: &Env) -> Vec<String> {
+    let out = env
+        .sh
+        .client
+        .list_multipart_uploads()
+        .bucket("dst-bucket")
+        .send()
+        .await
+        .expect("list uploads");
+    out.uploads()
+        .iter()
+        .filter_map(|u| u.upload_id().map(str::to_string))
+        .collect()
+}
+
+/// Starts the multipart copy of the task by hand, as a process that died after part 1 would
+/// have left it: an open upload on the destination with part 1 in it, recorded in the store.
+async fn half_done_upload(env: &Env, engine: &Engine, key: &str, body: &[u8]) -> (i64, String) {
+    let task = engine.store.claim(now_ms()).expect("claim").expect("a task is queued");
+    assert_eq!(task.key, key);
+    let created = env
+        .sh
+        .client
+        .create_multipart_upload()
+        .bucket("dst-bucket")
+        .key(key)
+        .send()
+        .await
+        .expect("create upload");
+    let upload_id = created.upload_id().expect("upload id").to_string();
+    let part = env
+        .sh
+        .client
+        .upload_part()
+        .bucket("dst-bucket")
+        .key(key)
+        .upload_id(&upload_id)
+        .part_number(1)
+        .body(body[..5 * MIB].to_vec().into())
+        .send()
+        .await
+        .expect("upload part 1");
+    engine
+        .store
+        .set_upload(task.id, Some(&upload_id))
+        .expect("record upload");
+    engine
+        .store
+        .add_part(task.id, 1, part.e_tag().expect("etag"), (5 * MIB) as u64)
+        .expect("record part");
+    (task.id, upload_id)
+}
+
+fn config_rule() -> Rule {
+    Rule::new("big", "gz/src-bucket", "sh/dst-bucket")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_a_multipart_upload_instead_of_starting_over() {
+    let env = Env::start().await;
+    let engine = setup(&env, &[config_rule()]).await;
+    let rec = engine.reconcile(None).await.expect("reconcile");
+    assert!(rec.refused.is_empty(), "{:?}", rec.refused);
+
+    let body = pseudo_random_bytes(12 * MIB + 7, 42);
+    put(&env.gz, "src-bucket", "video.bin", body.clone()).await;
+    let (queued, errors) = engine.scan_all().await;
+    assert_eq!((queued, errors.len()), (1, 0), "{errors:?}");
+    let (_, upload_id) = half_done_upload(&env, &engine, "video.bin", &body).await;
+
+    // The process "dies": the task stays running in the store, the upload stays open.
+    drop(engine);
+    let engine = open(&env).await;
+    let summary = engine.run_once().await.expect("run");
+    assert!(summary.failed.is_empty(), "{:?}", summary.failed);
+    assert_eq!(summary.replicated, 1);
+
+    assert_eq!(
+        get_bytes(&env.sh, "dst-bucket", "video.bin").await.as_deref(),
+        Some(&body[..])
+    );
+    // The upload that held part 1 was completed, not abandoned for a new one.
+    assert!(
+        open_uploads(&env).await.is_empty(),
+        "an upload was left open: {:?}",
+        open_uploads(&env).await
+    );
+    let versions = env
+        .sh
+        .client
+        .list_object_versions()
+        .bucket("dst-bucket")
+        .send()
+        .await
+        .expect("versions");
+    assert_eq!(versions.versions().len(), 1, "exactly one replica version");
+    let _ = upload_id;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_rule_aborts_its_open_upload_and_drops_its_queue() {
+    let env = Env::start().await;
+    let engine = setup(&env, &[config_rule()]).await;
+    engine.reconcile(None).await.expect("reconcile");
+
+    let body = pseudo_random_bytes(11 * MIB, 7);
+    put(&env.gz, "src-bucket", "big.bin", body.clone()).await;
+    put(&env.gz, "src-bucket", "small.txt", "queued, never copied").await;
+    engine.scan_all().await;
+    let (_, upload_id) = half_done_upload(&env, &engine, "big.bin", &body).await;
+    assert_eq!(open_uploads(&env).await, vec![upload_id]);
+
+    env.write_config(&[config_rule().enabled(false)]);
+    engine.reload().await.expect("reload");
+    let rec = engine.reconcile(None).await.expect("reconcile");
+    assert!(
+        rec.messages.iter().any(|m| m.contains("disabled")),
+        "{:?}",
+        rec.messages
+    );
+
+    assert!(
+        open_uploads(&env).await.is_empty(),
+        "the multipart upload was not aborted"
+    );
+    let backlog = engine.store.backlog("big").expect("backlog");
+    assert_eq!((backlog.pending_tasks, backlog.failed_tasks), (0, 0));
+    let summary = engine.run_once().await.expect("run");
+    assert_eq!(summary.replicated, 0);
+    assert_eq!(get_bytes(&env.sh, "dst-bucket", "big.bin").await, None);
+    assert_eq!(get_bytes(&env.sh, "dst-bucket", "small.txt").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_in_the_enable_second_are_replicated_exactly_once() {
+    let env = Env::start().await;
+    let engine = setup(&env, &[config_rule()]).await;
+    put(&env.gz, "src-bucket", "before.txt", "before").await;
+    engine.reconcile(None).await.expect("reconcile");
+    // Same second as the enable point on a server with one-second timestamps.
+    put(&env.gz, "src-bucket", "after.txt", "after").await;
+    put(&env.gz, "src-bucket", "before.txt", "before, changed").await;
+
+    let first = engine.run_once().await.expect("run");
+    let second = engine.run_once().await.expect("run again");
+    assert_eq!(first.replicated, 2);
+    assert_eq!(second.replicated, 0, "nothing is copied twice");
+    assert_eq!(
+        get_bytes(&env.sh, "dst-bucket", "after.txt").await.as_deref(),
+        Some(&b"after"[..])
+    );
+    assert_eq!(
+        get_bytes(&env.sh, "dst-bucket", "before.txt").await.as_deref(),
+        Some(&b"before, changed"[..])
+    );
+    let versions = env
+        .sh
+        .client
+        .list_object_versions()
+        .bucket("dst-bucket")
+        .send()
+        .await
+        .expect("versions");
+    assert_eq!(
+        versions.versions().len(),
+        2,
+        "the version from before the enable point was not copied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn put_delete_put_in_one_second_leaves_the_same_latest_version() {
+    let env = Env::start().await;
+    let engine = setup(&env, &[config_rule()]).await;
+    engine.reconcile(None).await.expect("reconcile");
+    put(&env.gz, "src-bucket", "k", "one").await;
+    common::delete(&env.gz, "src-bucket", "k").await;
+    put(&env.gz, "src-bucket", "k", "two").await;
+    common::delete(&env.gz, "src-bucket", "gone").await;
+    put(&env.gz, "src-bucket", "gone", "x").await;
+    common::delete(&env.gz, "src-bucket", "gone").await;
+
+    let summary = engine.run_once().await.expect("run");
+    assert!(summary.failed.is_empty(), "{:?}", summary.failed);
+    assert_eq!(
+        get_bytes(&env.sh, "dst-bucket", "k").await.as_deref(),
+        Some(&b"two"[..])
+    );
+    assert_eq!(
+        get_bytes(&env.sh, "dst-bucket", "gone").await,
+        None,
+        "latest of `gone` is a delete marker"
+    );
+    let versions = env
+        .sh
+        .client
+        .list_object_versions()
+        .bucket("dst-bucket")
+        .send()
+        .await
+        .expect("versions");
+    assert!(
+        versions.versions().iter().any(|v| v.key() == Some("gone")),
+        "no version is deleted for good"
+    );
+}
