@@ -3,15 +3,17 @@
 //! are MD5 sums where the source's is one, part ETags against the MD5 of the bytes sent, and
 //! sizes always. Part progress is persisted so a restart resumes a multipart upload.
 
+use crate::config::Overwrite;
 use crate::config::{EngineConfig, Rule};
-use crate::engine::progress::{Progress, TaskProgress};
+use crate::engine::limit::Limiter;
+use crate::engine::progress::{Metered, Progress, TaskProgress};
 use crate::s3::{S3, S3Error, s3_error};
 use crate::store::{Store, Task, TaskKind};
-use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, StorageClass};
 use futures::StreamExt;
 use md5::{Digest, Md5};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Why a copy did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +54,9 @@ pub struct CopyCtx<'a> {
     pub rule: &'a Rule,
     pub engine: &'a EngineConfig,
     pub store: &'a Store,
-    pub progress: &'a Progress,
+    pub progress: &'a Arc<Progress>,
+    /// The bandwidth limits this copy shares (global, the rule's).
+    pub limits: Vec<Arc<Limiter>>,
 }
 
 /// The object headers a replica must carry.
@@ -115,6 +119,49 @@ impl CopyCtx<'_> {
                 }
             }
         }
+    }
+
+    /// For a migration task: why it need not be copied, per the `overwrite` policy, or `None`
+    /// to copy it. "if-different" treats as identical a destination object of the same size and
+    /// ETag, or the replica crr itself wrote of this very version.
+    pub async fn migration_skip(&self, task: &Task, overwrite: Overwrite) -> Result<Option<String>, CopyError> {
+        let head = self
+            .dst
+            .client
+            .head_object()
+            .bucket(&self.rule.destination.bucket)
+            .key(&task.key)
+            .send()
+            .await;
+        let head = match head {
+            Ok(h) => h,
+            Err(e) => {
+                let e = s3_error("HeadObject", &self.dst_target(&task.key), e);
+                if e.is_not_found() {
+                    return Ok(None);
+                }
+                return Err(CopyError::Retry(e.message));
+            }
+        };
+        Ok(match overwrite {
+            Overwrite::Always => None,
+            Overwrite::Never => Some("exists on the destination (overwrite = \"never\")".into()),
+            Overwrite::IfDifferent => {
+                let same_size = head.content_length().unwrap_or(-1) as u64 == task.size;
+                let same_etag = !task.etag.is_empty() && head.e_tag().map(unquote) == Some(unquote(&task.etag));
+                let ours = match head.version_id() {
+                    Some(v) => self
+                        .store
+                        .is_our_replica(&self.rule.id, &task.key, &task.version_id, v)?,
+                    None => false,
+                };
+                if (same_size && same_etag) || ours {
+                    Some("identical on the destination".into())
+                } else {
+                    None
+                }
+            }
+        })
     }
 
     async fn delete_marker(&self, task: &Task) -> Result<Copied, CopyError> {
@@ -226,7 +273,12 @@ impl CopyCtx<'_> {
             .bucket(&self.rule.destination.bucket)
             .key(&task.key)
             .content_length(size as i64)
-            .body(got.body)
+            .body(Metered::stream(
+                got.body,
+                task.id,
+                self.progress.clone(),
+                self.limits.clone(),
+            ))
             .set_content_type(headers.content_type.clone())
             .set_cache_control(headers.cache_control.clone())
             .set_content_disposition(headers.content_disposition.clone())
@@ -465,9 +517,7 @@ impl CopyCtx<'_> {
             .send()
             .await
             .map_err(|e| s3_error("GetObject", &self.src_target(task), e))?;
-        let bytes = self
-            .progress
-            .read_part(task.id, got.body)
+        let bytes = Progress::read_part(got.body)
             .await
             .map_err(|e| CopyError::Retry(format!("reading part {n} of {}: {e}", self.src_target(task))))?;
         if bytes.len() as u64 != end - start {
@@ -489,7 +539,12 @@ impl CopyCtx<'_> {
             .upload_id(upload_id)
             .part_number(n)
             .content_length(len as i64)
-            .body(ByteStream::from(bytes))
+            .body(Metered::memory(
+                bytes,
+                task.id,
+                self.progress.clone(),
+                self.limits.clone(),
+            ))
             .customize()
             .disable_payload_signing()
             .send()

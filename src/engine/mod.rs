@@ -4,22 +4,27 @@
 //! runs the copy workers. `run_once` and `serve` are the two headless ways to drive it.
 
 pub mod copy;
+pub mod diff;
+pub mod limit;
+mod migrate;
 pub mod preflight;
 pub mod progress;
 mod scan;
 
-use crate::config::{Config, Operations, Rule};
+use crate::config::{Config, Operations, Overwrite, Rule};
 use crate::s3::Clients;
 use crate::store::{EngineLock, LockHeld, Store, Task, now_ms, rfc3339};
 use anyhow::{Context, Result};
 use copy::{CopyCtx, CopyError};
+use limit::Limiter;
 use preflight::Refusal;
 use progress::{Progress, TaskProgress};
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 /// What reconciling the config with the recorded state did, for the driver to print.
@@ -44,8 +49,16 @@ pub struct Engine {
     clients: RwLock<Clients>,
     pub store: Arc<Store>,
     pub progress: Arc<Progress>,
-    /// Running tasks: their rule and the token that aborts them when the rule is disabled.
-    running: Mutex<HashMap<i64, (String, CancellationToken)>>,
+    /// Running tasks: their rule, migration, and the token that aborts them when the rule is
+    /// disabled or the migration cancelled.
+    running: Mutex<HashMap<i64, InFlight>>,
+    /// Migration listings in progress (by migration id).
+    listing: Mutex<std::collections::HashSet<i64>>,
+    listing_count: AtomicUsize,
+    listing_errors: Mutex<Vec<String>>,
+    global_limit: Mutex<Arc<Limiter>>,
+    rule_limits: Mutex<HashMap<String, Arc<Limiter>>>,
+    snapshot: watch::Sender<Snapshot>,
     work: Notify,
     /// Stop claiming new tasks (graceful shutdown).
     draining: CancellationToken,
@@ -53,6 +66,29 @@ pub struct Engine {
     hard_stop: CancellationToken,
     replicated_now: Mutex<(u64, u64)>,
     _lock: EngineLock,
+}
+
+/// A running task's rule, migration (if any) and abort token.
+type InFlight = (String, Option<i64>, CancellationToken);
+
+/// What drivers render, sampled a few times a second: every running copy with its rate.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub tasks: Vec<RunningCopy>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunningCopy {
+    pub task_id: i64,
+    pub rule_id: String,
+    pub key: String,
+    pub size: u64,
+    pub bytes_done: u64,
+    pub part: u32,
+    pub parts: u32,
+    pub attempt: u32,
+    /// Bytes per second, smoothed.
+    pub rate: u64,
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -77,7 +113,14 @@ impl Engine {
             tracing::info!(requeued, "tasks left running by an earlier process are queued again");
         }
         let clients = Clients::connect(&config).await;
+        let global_limit = Mutex::new(Arc::new(Limiter::new(config.engine.bandwidth_limit)));
         Ok(Ok(Arc::new(Engine {
+            listing: Mutex::new(Default::default()),
+            listing_count: AtomicUsize::new(0),
+            listing_errors: Mutex::new(Vec::new()),
+            global_limit,
+            rule_limits: Mutex::new(HashMap::new()),
+            snapshot: watch::channel(Snapshot::default()).0,
             config: RwLock::new(Arc::new(config)),
             clients: RwLock::new(clients),
             store,
@@ -105,8 +148,34 @@ impl Engine {
         let fresh = crate::config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let clients = Clients::connect(&fresh).await;
         *self.clients.write().unwrap_or_else(|p| p.into_inner()) = clients;
+        let mut global = self.global_limit.lock().unwrap_or_else(|p| p.into_inner());
+        if global.rate() != fresh.engine.bandwidth_limit {
+            *global = Arc::new(Limiter::new(fresh.engine.bandwidth_limit));
+        }
+        drop(global);
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         Ok(())
+    }
+
+    /// The limits a copy of this rule shares: the global one and the rule's own.
+    fn limits_for(&self, rule: &Rule) -> Vec<Arc<Limiter>> {
+        let mut limits = vec![self.global_limit.lock().unwrap_or_else(|p| p.into_inner()).clone()];
+        if rule.bandwidth_limit > 0 {
+            let mut map = self.rule_limits.lock().unwrap_or_else(|p| p.into_inner());
+            let l = map
+                .entry(rule.id.clone())
+                .or_insert_with(|| Arc::new(Limiter::new(rule.bandwidth_limit)));
+            if l.rate() != rule.bandwidth_limit {
+                *l = Arc::new(Limiter::new(rule.bandwidth_limit));
+            }
+            limits.push(l.clone());
+        }
+        limits
+    }
+
+    /// Progress of running copies, sampled 4 times a second while the engine runs.
+    pub fn subscribe(&self) -> watch::Receiver<Snapshot> {
+        self.snapshot.subscribe()
     }
 
     /// Brings the recorded state in line with the config: rules newly enabled (or whose
@@ -143,6 +212,11 @@ impl Engine {
                     rule.id,
                     rfc3339(enable_point)
                 ));
+                if state.is_none() && rule.historical {
+                    match self.migrate_command("start", &rule.id).await {
+                        Ok(m) | Err(m) => out.messages.push(m),
+                    }
+                }
                 if let Some(off) = state.as_ref().and_then(|s| s.disabled_at) {
                     out.messages.push(format!(
                         "rule {:?}: writes made while it was disabled (since {}) are not replicated; run `crr migrate start {}` to catch up",
@@ -198,8 +272,8 @@ impl Engine {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .values()
-            .filter(|(r, _)| r == id)
-            .map(|(_, t)| t.clone())
+            .filter(|(r, _, _)| r == id)
+            .map(|(_, _, t)| t.clone())
             .collect();
         for t in &tokens {
             t.cancel();
@@ -288,7 +362,7 @@ impl Engine {
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(task.id, (rule.id.clone(), token.clone()));
+            .insert(task.id, (rule.id.clone(), task.migration_id, token.clone()));
         self.progress.start(TaskProgress {
             task_id: task.id,
             rule_id: rule.id.clone(),
@@ -308,16 +382,37 @@ impl Engine {
             engine: &engine_cfg,
             store: &self.store,
             progress: &self.progress,
+            limits: self.limits_for(rule),
+        };
+        let overwrite = match task.migration_id {
+            Some(id) => self.store.migration(id)?.map(|m| match m.overwrite.as_str() {
+                "always" => Overwrite::Always,
+                "never" => Overwrite::Never,
+                _ => Overwrite::IfDifferent,
+            }),
+            None => None,
+        };
+        let work = async {
+            if let Some(policy) = overwrite
+                && let Some(why) = ctx.migration_skip(&task, policy).await?
+            {
+                return Ok(Err(why));
+            }
+            ctx.run(&task).await.map(Ok)
         };
         let outcome = tokio::select! {
-            r = ctx.run(&task) => Some(r),
+            r = work => Some(r),
             _ = token.cancelled() => None,
             _ = self.hard_stop.cancelled() => None,
         };
         self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task.id);
         self.progress.finish(task.id);
         match outcome {
-            Some(Ok(done)) => {
+            Some(Ok(Err(why))) => {
+                // Left alone by the overwrite policy: skipped, and processed for the migration's progress.
+                self.store.skip(task.id, &why)?;
+            }
+            Some(Ok(Ok(done))) => {
                 self.store.complete(&task, done.dest_version.as_deref(), done.bytes)?;
                 let mut n = self.replicated_now.lock().unwrap_or_else(|p| p.into_inner());
                 n.0 += 1;
@@ -340,7 +435,8 @@ impl Engine {
                 }
             }
             None if token.is_cancelled() => {
-                // The rule was disabled: the store already dropped the task. Abort its upload.
+                // The rule was disabled or the migration cancelled: the store already dropped
+                // the task. Abort its upload.
                 if let Some(upload) = self.store.tasks_upload(task.id)?
                     && let Err(e) = copy::abort_upload(dst, &rule.destination.bucket, &task.key, &upload).await
                 {
@@ -370,7 +466,11 @@ impl Engine {
                     }
                 }
                 Ok(None) => {
-                    if until_idle && self.running_count() == 0 && self.store.unfinished().unwrap_or(1) == 0 {
+                    if until_idle
+                        && self.running_count() == 0
+                        && self.listing_count.load(Ordering::SeqCst) == 0
+                        && self.store.unfinished().unwrap_or(1) == 0
+                    {
                         return;
                     }
                     tokio::select! {
@@ -400,10 +500,18 @@ impl Engine {
     /// Catches every enabled rule up: one scan, then every queued task to its end.
     pub async fn run_once(self: &Arc<Self>) -> Result<RunSummary> {
         let before = *self.replicated_now.lock().unwrap_or_else(|p| p.into_inner());
-        let (queued, scan_errors) = self.scan_all().await;
+        let (queued, mut scan_errors) = self.scan_all().await;
+        self.spawn_listers();
+        let stop_sampler = CancellationToken::new();
+        let sampler = tokio::spawn(self.clone().sample(stop_sampler.clone()));
         for w in self.spawn_workers(true) {
             w.await.context("a copy worker panicked")?;
         }
+        stop_sampler.cancel();
+        let _ = sampler.await;
+        scan_errors.extend(std::mem::take(
+            &mut *self.listing_errors.lock().unwrap_or_else(|p| p.into_inner()),
+        ));
         let config = self.config();
         for rule in &config.rules {
             self.store.update_sync_point(&rule.id)?;
@@ -451,6 +559,13 @@ impl Engine {
                     self.work.notify_waiters();
                     String::new()
                 }
+                "migrate" => {
+                    let (action, id) = arg.split_once(' ').unwrap_or((arg.as_str(), ""));
+                    match self.migrate_command(action, id).await {
+                        Ok(m) => m,
+                        Err(m) => format!("refused: {m}"),
+                    }
+                }
                 other => format!("error: unknown command {other:?}"),
             };
             tracing::info!(command = %kind, arg = %arg, "applied a posted command");
@@ -465,6 +580,8 @@ impl Engine {
     /// then are aborted and left resumable.
     pub async fn serve(self: &Arc<Self>, shutdown: CancellationToken) -> Result<()> {
         let workers = self.spawn_workers(false);
+        let stop_sampler = CancellationToken::new();
+        let sampler = tokio::spawn(self.clone().sample(stop_sampler.clone()));
         let mut next_scan = Instant::now();
         loop {
             if Instant::now() >= next_scan {
@@ -475,6 +592,7 @@ impl Engine {
                 next_scan = Instant::now() + self.config().engine.scan_interval;
             }
             self.apply_commands().await;
+            self.spawn_listers();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -495,6 +613,216 @@ impl Engine {
                 all.await;
             }
         }
+        stop_sampler.cancel();
+        let _ = sampler.await;
         Ok(())
+    }
+
+    /// Starts the listing of every migration that should be listing and is not.
+    fn spawn_listers(self: &Arc<Self>) {
+        let Ok(migrations) = self.store.migrations_to_list() else {
+            return;
+        };
+        for m in migrations {
+            if !self.listing.lock().unwrap_or_else(|p| p.into_inner()).insert(m.id) {
+                continue;
+            }
+            self.listing_count.fetch_add(1, Ordering::SeqCst);
+            let engine = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = engine.list_migration(m.id, &m.rule_id).await {
+                    let msg = format!("rule {:?}: listing for the migration failed: {e:#}", m.rule_id);
+                    tracing::warn!("{msg}");
+                    engine
+                        .listing_errors
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(msg);
+                    if !engine.draining.is_cancelled() && engine.snapshot.receiver_count() > 0 {
+                        // Serving: try again after a pause rather than hammering the source.
+                        tokio::time::sleep(Duration::from_secs(5)).await;
+                    }
+                }
+                engine.listing.lock().unwrap_or_else(|p| p.into_inner()).remove(&m.id);
+                engine.listing_count.fetch_sub(1, Ordering::SeqCst);
+                engine.work.notify_waiters();
+            });
+        }
+    }
+
+    async fn list_migration(&self, id: i64, rule_id: &str) -> Result<()> {
+        let config = self.config();
+        let Some(rule) = config.rule(rule_id) else {
+            return Ok(());
+        };
+        let generation = self.store.rule_state(rule_id)?.map(|s| s.generation).unwrap_or(0);
+        let clients = self.clients();
+        let src = clients.get(&rule.source.endpoint)?;
+        let listed = migrate::list(src, rule, &self.store, generation, id, || self.work.notify_waiters()).await?;
+        if matches!(listed, migrate::Listed::Done) {
+            tracing::info!(rule = rule_id, migration = id, "migration listing complete");
+        }
+        Ok(())
+    }
+
+    /// `crr migrate start|pause|resume|cancel ID`. `Err` is a refusal that says why.
+    pub async fn migrate_command(&self, action: &str, id: &str) -> std::result::Result<String, String> {
+        let config = self.config();
+        let Some(rule) = config.rule(id) else {
+            return Err(format!("there is no rule {id:?} in {}", config.path.display()));
+        };
+        let err = |e: anyhow::Error| format!("{e:#}");
+        let latest = self.store.latest_migration(id).map_err(err)?;
+        let figures = match &latest {
+            Some(m) => Some(self.store.migration_figures(m).map_err(err)?),
+            None => None,
+        };
+        let state = figures.as_ref().map(|f| f.state()).unwrap_or("none");
+        match action {
+            "start" => {
+                let enabled = self
+                    .store
+                    .rule_state(id)
+                    .map_err(err)?
+                    .is_some_and(|s| s.state == "enabled");
+                if !rule.enabled || !enabled {
+                    return Err(format!(
+                        "rule {id:?} is not enabled: enable it first (`crr rule enable {id}`), then start the migration"
+                    ));
+                }
+                let overwrite = match rule.overwrite {
+                    Overwrite::Always => "always",
+                    Overwrite::IfDifferent => "if-different",
+                    Overwrite::Never => "never",
+                };
+                match self.store.create_migration(id, overwrite).map_err(err)? {
+                    Err(_) => Err(format!(
+                        "rule {id:?} already has a migration in progress ({state}): pause, resume or cancel it with `crr migrate pause|resume|cancel {id}`"
+                    )),
+                    Ok(_) => {
+                        self.work.notify_waiters();
+                        let mut msg = format!(
+                            "migration of rule {id:?} started: the latest version of every object in {} ({}) that exists now is copied to {} when missing or different (overwrite = \"{overwrite}\")",
+                            rule.source,
+                            rule.scope_text(),
+                            rule.destination
+                        );
+                        for w in preflight::warnings(rule) {
+                            msg.push_str(&format!("\nwarning: {w}"));
+                        }
+                        Ok(msg)
+                    }
+                }
+            }
+            "pause" => match latest {
+                Some(m) if state == "listing" || state == "running" => {
+                    self.store.set_migration_control(m.id, "pause").map_err(err)?;
+                    Ok(format!(
+                        "migration of rule {id:?} paused: copies in flight finish, nothing new starts; `crr migrate resume {id}` continues"
+                    ))
+                }
+                _ => Err(format!(
+                    "rule {id:?} has no migration to pause (migration state: {state})"
+                )),
+            },
+            "resume" => match latest {
+                Some(m) if state == "paused" => {
+                    self.store.set_migration_control(m.id, "run").map_err(err)?;
+                    self.work.notify_waiters();
+                    Ok(format!("migration of rule {id:?} resumed"))
+                }
+                _ => Err(format!(
+                    "rule {id:?} has no paused migration to resume (migration state: {state})"
+                )),
+            },
+            "cancel" => match latest {
+                Some(m) if matches!(state, "listing" | "running" | "paused") => {
+                    let uploads = self.store.cancel_migration(m.id).map_err(err)?;
+                    for (_, mig, token) in self.running.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                        if *mig == Some(m.id) {
+                            token.cancel();
+                        }
+                    }
+                    let clients = self.clients();
+                    if let Ok(dst) = clients.get(&rule.destination.endpoint) {
+                        for t in uploads {
+                            if let Some(u) = &t.upload_id
+                                && let Err(e) = copy::abort_upload(dst, &rule.destination.bucket, &t.key, u).await
+                            {
+                                tracing::warn!(key = %t.key, error = %e, "could not abort a multipart upload");
+                            }
+                        }
+                    }
+                    Ok(format!(
+                        "migration of rule {id:?} cancelled: queued copies dropped, in-flight ones aborted; objects already copied stay"
+                    ))
+                }
+                _ => Err(format!(
+                    "rule {id:?} has no migration to cancel (migration state: {state})"
+                )),
+            },
+            other => Err(format!(
+                "unknown migrate action {other:?}: use start, pause, resume or cancel"
+            )),
+        }
+    }
+
+    /// Publishes the progress of running copies 4 times a second (only when it changed), and
+    /// records their bytes in the store once a second for other processes.
+    async fn sample(self: Arc<Self>, stop: CancellationToken) {
+        let mut previous: HashMap<i64, (u64, Instant, f64)> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut n: u64 = 0;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.cancelled() => break,
+            }
+            let now = Instant::now();
+            let running = self.progress.snapshot();
+            let mut next = HashMap::new();
+            let tasks: Vec<RunningCopy> = running
+                .iter()
+                .map(|p| {
+                    let rate = match previous.get(&p.task_id) {
+                        Some((bytes, at, rate)) => {
+                            let dt = now.duration_since(*at).as_secs_f64().max(0.001);
+                            let instant = p.bytes_done.saturating_sub(*bytes) as f64 / dt;
+                            0.5 * instant + 0.5 * rate
+                        }
+                        None => p.bytes_done as f64 / now.duration_since(p.started).as_secs_f64().max(0.25),
+                    };
+                    next.insert(p.task_id, (p.bytes_done, now, rate));
+                    RunningCopy {
+                        task_id: p.task_id,
+                        rule_id: p.rule_id.clone(),
+                        key: p.key.clone(),
+                        size: p.size,
+                        bytes_done: p.bytes_done.min(p.size),
+                        part: (p.parts_done + 1).min(p.parts_total.max(1)),
+                        parts: p.parts_total.max(1),
+                        attempt: p.attempt,
+                        rate: rate as u64,
+                    }
+                })
+                .collect();
+            previous = next;
+            let fresh = Snapshot { tasks };
+            self.snapshot.send_if_modified(|s| {
+                if *s != fresh {
+                    *s = fresh.clone();
+                    true
+                } else {
+                    false
+                }
+            });
+            n += 1;
+            if n.is_multiple_of(4) {
+                let done: Vec<(i64, u64)> = fresh.tasks.iter().map(|t| (t.task_id, t.bytes_done)).collect();
+                if let Err(e) = self.store.record_bytes_done(&done) {
+                    tracing::warn!(error = %format!("{e:#}"), "could not record copy progress");
+                }
+            }
+        }
     }
 }

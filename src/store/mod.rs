@@ -47,8 +47,25 @@ CREATE TABLE IF NOT EXISTS tasks (
     last_error TEXT,
     upload_id TEXT,
     dest_version_id TEXT,
+    migration_id INTEGER,              -- set for tasks of a historical migration
+    bytes_done INTEGER NOT NULL DEFAULT 0,  -- sampled from the running copy, for `crr queue`
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tasks_by_migration ON tasks (migration_id, state);
+CREATE TABLE IF NOT EXISTS migrations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    rule_id TEXT NOT NULL,
+    control TEXT NOT NULL,             -- run | pause | cancel
+    started_at INTEGER NOT NULL,       -- unix ms; versions newer than its second are left to real time
+    overwrite TEXT NOT NULL,
+    listing_done INTEGER NOT NULL DEFAULT 0,
+    prefix_index INTEGER NOT NULL DEFAULT 0,
+    key_marker TEXT,
+    version_marker TEXT,
+    total_objects INTEGER NOT NULL DEFAULT 0,
+    total_bytes INTEGER NOT NULL DEFAULT 0,
+    finished_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, id);
 CREATE INDEX IF NOT EXISTS tasks_by_key ON tasks (rule_id, key, id);
@@ -119,6 +136,8 @@ pub struct Task {
     pub last_error: Option<String>,
     pub upload_id: Option<String>,
     pub updated_at: i64,
+    pub migration_id: Option<i64>,
+    pub bytes_done: u64,
 }
 
 /// A change found by a scan, to be queued.
@@ -153,13 +172,124 @@ pub struct Backlog {
     pub failed_tasks: i64,
 }
 
+#[derive(Debug, Clone)]
+pub struct Migration {
+    pub id: i64,
+    pub rule_id: String,
+    pub control: String,
+    pub started_at: i64,
+    pub overwrite: String,
+    pub listing_done: bool,
+    pub prefix_index: i64,
+    pub marker: Option<(String, String)>,
+    pub total_objects: i64,
+    pub total_bytes: i64,
+}
+
+const MIGRATION_COLUMNS: &str = "id, rule_id, control, started_at, overwrite, listing_done, prefix_index, \
+     key_marker, version_marker, total_objects, total_bytes";
+
+fn migration_from_row(r: &rusqlite::Row) -> rusqlite::Result<Migration> {
+    let key: Option<String> = r.get(7)?;
+    let version: Option<String> = r.get(8)?;
+    Ok(Migration {
+        id: r.get(0)?,
+        rule_id: r.get(1)?,
+        control: r.get(2)?,
+        started_at: r.get(3)?,
+        overwrite: r.get(4)?,
+        listing_done: r.get::<_, i64>(5)? != 0,
+        prefix_index: r.get(6)?,
+        marker: key.map(|k| (k, version.unwrap_or_default())),
+        total_objects: r.get(9)?,
+        total_bytes: r.get(10)?,
+    })
+}
+
+/// A migration's progress, derived from its tasks.
+#[derive(Debug, Clone, Default)]
+pub struct MigrationFigures {
+    pub control: String,
+    pub started_at: i64,
+    pub listing_done: bool,
+    pub total_objects: i64,
+    pub total_bytes: i64,
+    pub done_objects: i64,
+    pub done_bytes: i64,
+    pub skipped_objects: i64,
+    pub skipped_bytes: i64,
+    pub failed_objects: i64,
+    pub pending_objects: i64,
+    pub recent_bytes: i64,
+    pub recent_since: i64,
+}
+
+impl MigrationFigures {
+    /// Listing complete and every object has an outcome.
+    pub fn finished(&self) -> bool {
+        self.listing_done && self.pending_objects == 0
+    }
+
+    /// listing | running | paused | completed | cancelled | failed
+    pub fn state(&self) -> &'static str {
+        match self.control.as_str() {
+            "cancel" => "cancelled",
+            "pause" if !self.finished() => "paused",
+            _ if !self.listing_done => "listing",
+            _ if self.pending_objects > 0 => "running",
+            _ if self.failed_objects > 0 => "failed",
+            _ => "completed",
+        }
+    }
+
+    /// Percent by bytes (by objects when every object is empty), one decimal, rounded down, and
+    /// 100 only when the migration completed.
+    pub fn percent(&self) -> f64 {
+        let p = if self.total_bytes > 0 {
+            (self.done_bytes + self.skipped_bytes) as f64 * 100.0 / self.total_bytes as f64
+        } else if self.total_objects > 0 {
+            (self.done_objects + self.skipped_objects) as f64 * 100.0 / self.total_objects as f64
+        } else if self.finished() {
+            100.0
+        } else {
+            0.0
+        };
+        let p = (p * 10.0).floor() / 10.0;
+        if self.state() == "completed" {
+            100.0
+        } else {
+            p.min(99.9)
+        }
+    }
+
+    /// Bytes per second over the last minute.
+    pub fn throughput(&self, now: i64) -> f64 {
+        if self.recent_bytes <= 0 {
+            return 0.0;
+        }
+        let window = (now - self.recent_since.max(self.started_at)).clamp(1_000, 60_000);
+        self.recent_bytes as f64 * 1000.0 / window as f64
+    }
+
+    /// Seconds until done at the current throughput, when it can be told.
+    pub fn eta_seconds(&self, now: i64) -> Option<u64> {
+        let rate = self.throughput(now);
+        let state = self.state();
+        if rate <= 0.0 || !(state == "running" || state == "listing") || !self.listing_done {
+            return None;
+        }
+        let left = (self.total_bytes - self.done_bytes - self.skipped_bytes).max(0) as f64;
+        Some((left / rate).ceil() as u64)
+    }
+}
+
 pub struct Store {
     conn: Mutex<Connection>,
     pub dir: PathBuf,
 }
 
-const TASK_COLUMNS: &str =
-    "id, rule_id, generation, kind, key, version_id, size, etag, state, attempts, last_error, upload_id, updated_at";
+const TASK_COLUMNS: &str = "id, rule_id, generation, kind, key, version_id, size, etag, state, attempts, last_error, \
+     upload_id, updated_at, migration_id, bytes_done";
 
 fn task_from_row(r: &rusqlite::Row) -> rusqlite::Result<Task> {
     let kind: String = r.get(3)?;
@@ -181,6 +311,8 @@ fn task_from_row(r: &rusqlite::Row) -> rusqlite::Result<Task> {
         last_error: r.get(10)?,
         upload_id: r.get(11)?,
         updated_at: r.get(12)?,
+        migration_id: r.get(13)?,
+        bytes_done: r.get::<_, i64>(14)? as u64,
     })
 }
 
@@ -305,6 +437,11 @@ impl Store {
             [id],
         )?;
         tx.execute(
+            "UPDATE migrations SET control = 'cancel', finished_at = ?2 WHERE rule_id = ?1 AND control != 'cancel'
+             AND finished_at IS NULL",
+            params![id, now],
+        )?;
+        tx.execute(
             "INSERT INTO rules (rule_id, state, disabled_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (rule_id) DO UPDATE SET state = ?2, disabled_at = ?3",
             params![id, new_state, now],
@@ -374,8 +511,12 @@ impl Store {
                     "SELECT {TASK_COLUMNS} FROM tasks t WHERE state = 'queued' AND not_before <= ?1
                      AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled'
                                  AND r.generation = t.generation)
+                     AND (t.migration_id IS NULL OR EXISTS (
+                          SELECT 1 FROM migrations m WHERE m.id = t.migration_id AND m.control = 'run'))
                      AND NOT EXISTS (SELECT 1 FROM tasks e WHERE e.rule_id = t.rule_id AND e.key = t.key
-                                     AND e.id < t.id AND e.state IN ('queued', 'running'))
+                                     AND e.id < t.id AND (e.state = 'running' OR (e.state = 'queued' AND (
+                                         e.migration_id IS NULL OR EXISTS (SELECT 1 FROM migrations m
+                                             WHERE m.id = e.migration_id AND m.control = 'run')))))
                      ORDER BY id LIMIT 1"
                 ),
                 [now],
@@ -516,7 +657,9 @@ impl Store {
     pub fn unfinished(&self) -> Result<i64> {
         Ok(self.db().query_row(
             "SELECT COUNT(*) FROM tasks t WHERE state IN ('queued', 'running')
-             AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled')",
+             AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled')
+             AND (t.migration_id IS NULL OR EXISTS (
+                  SELECT 1 FROM migrations m WHERE m.id = t.migration_id AND m.control = 'run'))",
             [],
             |r| r.get(0),
         )?)
@@ -537,6 +680,205 @@ impl Store {
                 })
             },
         )?)
+    }
+
+    // ---- migrations ---------------------------------------------------------------------------
+
+    /// Starts a migration of the rule. Refuses while another one is unfinished.
+    pub fn create_migration(&self, rule_id: &str, overwrite: &str) -> Result<std::result::Result<i64, Migration>> {
+        if let Some(m) = self.latest_migration(rule_id)?
+            && m.control != "cancel"
+            && !self.migration_figures(&m)?.finished()
+        {
+            return Ok(Err(m));
+        }
+        let db = self.db();
+        db.execute(
+            "INSERT INTO migrations (rule_id, control, started_at, overwrite) VALUES (?1, 'run', ?2, ?3)",
+            params![rule_id, now_ms(), overwrite],
+        )?;
+        Ok(Ok(db.last_insert_rowid()))
+    }
+
+    pub fn latest_migration(&self, rule_id: &str) -> Result<Option<Migration>> {
+        Ok(self
+            .db()
+            .query_row(
+                &format!("SELECT {MIGRATION_COLUMNS} FROM migrations WHERE rule_id = ?1 ORDER BY id DESC LIMIT 1"),
+                [rule_id],
+                migration_from_row,
+            )
+            .optional()?)
+    }
+
+    /// Migrations whose listing should run now.
+    pub fn migrations_to_list(&self) -> Result<Vec<Migration>> {
+        let db = self.db();
+        let mut st = db.prepare(&format!(
+            "SELECT {MIGRATION_COLUMNS} FROM migrations WHERE control = 'run' AND listing_done = 0 ORDER BY id"
+        ))?;
+        let rows = st.query_map([], migration_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    pub fn migration(&self, id: i64) -> Result<Option<Migration>> {
+        Ok(self
+            .db()
+            .query_row(
+                &format!("SELECT {MIGRATION_COLUMNS} FROM migrations WHERE id = ?1"),
+                [id],
+                migration_from_row,
+            )
+            .optional()?)
+    }
+
+    pub fn set_migration_control(&self, id: i64, control: &str) -> Result<()> {
+        self.db()
+            .execute("UPDATE migrations SET control = ?2 WHERE id = ?1", params![id, control])?;
+        Ok(())
+    }
+
+    /// Cancels a migration: its unfinished tasks are dropped. Returns those with an open
+    /// multipart upload, to abort.
+    pub fn cancel_migration(&self, id: i64) -> Result<Vec<Task>> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let uploads = {
+            let mut st = tx.prepare(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE migration_id = ?1 AND upload_id IS NOT NULL
+                 AND state IN ('queued', 'running', 'failed')"
+            ))?;
+            st.query_map([id], task_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let now = now_ms();
+        tx.execute(
+            "UPDATE tasks SET state = 'dropped', last_error = 'migration cancelled', updated_at = ?2
+             WHERE migration_id = ?1 AND state IN ('queued', 'running', 'failed')",
+            params![id, now],
+        )?;
+        tx.execute(
+            "UPDATE migrations SET control = 'cancel', finished_at = ?2 WHERE id = ?1",
+            params![id, now],
+        )?;
+        tx.commit()?;
+        Ok(uploads)
+    }
+
+    /// Queues one listing page of a migration and moves its position past it, atomically: a
+    /// restart continues from the next page and never queues an object twice.
+    pub fn add_migration_page(
+        &self,
+        m: &Migration,
+        generation: i64,
+        objects: &[NewChange],
+        position: (i64, Option<(String, String)>),
+        listing_done: bool,
+    ) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let now = now_ms();
+        let mut bytes = 0i64;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO tasks (rule_id, generation, kind, key, version_id, size, etag, source_time, state,
+                                    migration_id, created_at, updated_at)
+                 VALUES (?1, ?2, 'put', ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?9, ?9)",
+            )?;
+            for o in objects {
+                ins.execute(params![
+                    m.rule_id,
+                    generation,
+                    o.key,
+                    o.version_id,
+                    o.size as i64,
+                    o.etag,
+                    o.source_time,
+                    m.id,
+                    now
+                ])?;
+                bytes += o.size as i64;
+            }
+        }
+        let (prefix_index, marker) = position;
+        let (key, version) = marker.map(|(k, v)| (Some(k), Some(v))).unwrap_or((None, None));
+        tx.execute(
+            "UPDATE migrations SET total_objects = total_objects + ?2, total_bytes = total_bytes + ?3,
+                    prefix_index = ?4, key_marker = ?5, version_marker = ?6, listing_done = ?7
+             WHERE id = ?1",
+            params![
+                m.id,
+                objects.len() as i64,
+                bytes,
+                prefix_index,
+                key,
+                version,
+                listing_done as i64
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Counts of a migration's tasks by outcome, and the bytes finished in the last minute.
+    pub fn migration_figures(&self, m: &Migration) -> Result<MigrationFigures> {
+        let since = now_ms() - 60_000;
+        let mut f = self.db().query_row(
+            "SELECT COALESCE(SUM(state = 'done'), 0), COALESCE(SUM(CASE WHEN state = 'done' THEN size END), 0),
+                    COALESCE(SUM(state = 'skipped'), 0), COALESCE(SUM(CASE WHEN state = 'skipped' THEN size END), 0),
+                    COALESCE(SUM(state = 'failed'), 0), COALESCE(SUM(state IN ('queued', 'running')), 0),
+                    COALESCE(SUM(CASE WHEN state = 'done' AND updated_at >= ?2 THEN size END), 0),
+                    COALESCE(MIN(CASE WHEN state = 'done' AND updated_at >= ?2 THEN updated_at END), 0)
+             FROM tasks WHERE migration_id = ?1",
+            params![m.id, since],
+            |r| {
+                Ok(MigrationFigures {
+                    done_objects: r.get(0)?,
+                    done_bytes: r.get(1)?,
+                    skipped_objects: r.get(2)?,
+                    skipped_bytes: r.get(3)?,
+                    failed_objects: r.get(4)?,
+                    pending_objects: r.get(5)?,
+                    recent_bytes: r.get(6)?,
+                    recent_since: r.get(7)?,
+                    ..Default::default()
+                })
+            },
+        )?;
+        f.total_objects = m.total_objects;
+        f.total_bytes = m.total_bytes;
+        f.listing_done = m.listing_done;
+        f.control = m.control.clone();
+        f.started_at = m.started_at;
+        Ok(f)
+    }
+
+    /// Done-task provenance: whether crr wrote `dest_version` as the replica of `version` of `key`.
+    pub fn is_our_replica(&self, rule_id: &str, key: &str, version: &str, dest_version: &str) -> Result<bool> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT 1 FROM tasks WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3 AND dest_version_id = ?4
+                 AND state = 'done' LIMIT 1",
+                params![rule_id, key, version, dest_version],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// Records the bytes running copies have sent, for readers in other processes.
+    pub fn record_bytes_done(&self, done: &[(i64, u64)]) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        {
+            let mut st = tx.prepare_cached("UPDATE tasks SET bytes_done = ?2 WHERE id = ?1 AND state = 'running'")?;
+            for (id, bytes) in done {
+                st.execute(params![id, *bytes as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     // ---- multipart ---------------------------------------------------------------------------
