@@ -26,6 +26,8 @@ const EXAMPLES: &str = "Examples:
   crr serve                         replicate continuously until SIGINT/SIGTERM
   crr status --json                 progress per rule, for scripts
   crr rule disable photos-dr        stop a rule (replicated data stays)
+  crr migrate start photos-dr       copy what existed before the rule's enable point
+  crr diff photos-dr                list objects missing or different on the destination
 
 Config: --config, else $CRR_CONFIG, else $XDG_CONFIG_HOME/crr/config.toml.
 State:  --state, else $CRR_STATE, else $XDG_STATE_HOME/crr.
@@ -74,6 +76,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Historical migration: copy what existed before the enable point
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
+    /// Compare source and destination within a rule's scope (0 = same, 1 = they differ)
+    Diff { id: String },
     /// Queue failed tasks again
     Retry {
         /// Task ids (see `crr queue --failed`)
@@ -95,6 +102,18 @@ enum RuleCommand {
     Enable { id: String },
     /// Disable a rule: queued tasks dropped, in-flight copies aborted, replicated data kept
     Disable { id: String },
+}
+
+#[derive(Subcommand)]
+enum MigrateCommand {
+    /// Start copying every object that exists now and is missing or different on the destination
+    Start { id: String },
+    /// Pause it: copies in flight finish, nothing new starts
+    Pause { id: String },
+    /// Continue a paused migration from where it stopped
+    Resume { id: String },
+    /// Cancel it: queued copies dropped, in-flight ones aborted, copied objects stay
+    Cancel { id: String },
 }
 
 fn main() -> ExitCode {
@@ -122,6 +141,16 @@ fn main() -> ExitCode {
             Command::Rule(RuleCommand::List) => cli::rule_list(&rt_paths).await,
             Command::Rule(RuleCommand::Enable { id }) => cli::rule_set(&rt_paths, &id, true).await,
             Command::Rule(RuleCommand::Disable { id }) => cli::rule_set(&rt_paths, &id, false).await,
+            Command::Migrate(m) => {
+                let (action, id) = match m {
+                    MigrateCommand::Start { id } => ("start", id),
+                    MigrateCommand::Pause { id } => ("pause", id),
+                    MigrateCommand::Resume { id } => ("resume", id),
+                    MigrateCommand::Cancel { id } => ("cancel", id),
+                };
+                cli::migrate(&rt_paths, action, &id).await
+            }
+            Command::Diff { id } => cli::diff(&rt_paths, &id).await,
             Command::Queue { failed, json } => cli::queue(&rt_paths, failed, json).await,
             Command::Retry { tasks, rule, all } => cli::retry(&rt_paths, tasks, rule, all).await,
         }

@@ -248,3 +248,60 @@ async fn put_delete_put_in_one_second_leaves_the_same_latest_version() {
         "no version is deleted for good"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_copies_publish_their_progress_on_the_snapshot() {
+    let env = Env::start().await;
+    credentials();
+    create_bucket(&env.gz, "src-bucket", true).await;
+    create_bucket(&env.sh, "dst-bucket", true).await;
+    let text = env
+        .config_text(&[config_rule()])
+        .replace("[engine]", "[engine]\nbandwidth_limit = \"3MiB\"");
+    env.write_config_text(&text);
+    let engine = open(&env).await;
+    engine.reconcile(None).await.expect("reconcile");
+    let body = pseudo_random_bytes(12 * MIB, 9);
+    put(&env.gz, "src-bucket", "movie.bin", body.clone()).await;
+
+    let mut snapshots = engine.subscribe();
+    let runner = engine.clone();
+    let run = tokio::spawn(async move { runner.run_once().await });
+    let mut seen = Vec::new();
+    while !run.is_finished() {
+        if tokio::time::timeout(std::time::Duration::from_secs(1), snapshots.changed())
+            .await
+            .is_ok()
+        {
+            seen.extend(snapshots.borrow_and_update().tasks.clone());
+        }
+    }
+    let summary = run.await.expect("join").expect("run");
+    assert_eq!(summary.replicated, 1);
+    assert_eq!(get_bytes(&env.sh, "dst-bucket", "movie.bin").await, Some(body));
+
+    // About 4 s at 3 MiB/s, sampled 4 times a second: the copy was seen part-way, with its
+    // size, parts, attempt and a rate, and its figures never went backwards or past the size.
+    let mid: Vec<_> = seen
+        .iter()
+        .filter(|t| t.bytes_done > 0 && t.bytes_done < t.size)
+        .collect();
+    assert!(mid.len() >= 3, "too few mid-copy samples: {seen:?}");
+    for t in &seen {
+        assert_eq!(
+            (t.key.as_str(), t.size, t.parts, t.attempt),
+            ("movie.bin", (12 * MIB) as u64, 3, 1)
+        );
+        assert!(t.part >= 1 && t.part <= t.parts);
+        assert!(t.bytes_done <= t.size);
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0].bytes_done <= w[1].bytes_done),
+        "progress went backwards"
+    );
+    assert!(mid.iter().any(|t| t.rate > 0), "no rate was published");
+    assert!(
+        mid.iter().all(|t| t.rate < 8 * MIB as u64),
+        "rate above what the limit allows: {mid:?}"
+    );
+}

@@ -307,48 +307,123 @@ pub async fn rule_set(paths: &Paths, id: &str, enable: bool) -> Result<u8> {
         config::set_rule_enabled(&paths.config, id, enable)?;
         println!("{}: rule {id:?} set to enabled = {enable}", paths.config.display());
     }
-    let config = load(paths)?;
-    match EngineLock::acquire(&paths.state)? {
+    let outcome = apply(paths, "reconcile", id, |engine| async move {
+        let rec = engine.reconcile(Some(id)).await?;
+        let mut lines = rec.messages;
+        lines.extend(rec.refused.iter().map(|r| format!("refused: {r}")));
+        Ok(lines.join("\n"))
+    })
+    .await?;
+    if outcome.trim().is_empty() {
+        println!("rule {id:?} is already {}", if enable { "enabled" } else { "disabled" });
+    }
+    Ok(0)
+}
+
+/// Applies a change to the engine: the running one (`crr serve` or the UI) through the state
+/// store, within a second, or else one opened here for the purpose. Prints the engine's answer
+/// line by line and returns it; an answer with a refusal is an error (exit 2).
+async fn apply<F, Fut>(paths: &Paths, kind: &str, arg: &str, direct: F) -> Result<String>
+where
+    F: FnOnce(Arc<Engine>) -> Fut,
+    Fut: Future<Output = Result<String>>,
+{
+    let answer = match EngineLock::acquire(&paths.state)? {
         Err(LockHeld { pid, .. }) => {
             let store = Store::open(&paths.state)?;
-            let cmd = store.post_command("reconcile", id)?;
+            let cmd = store.post_command(kind, arg)?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
             loop {
                 if let Some(result) = store.command_result(cmd)? {
                     println!("applied by the running engine (pid {pid}):");
-                    for line in result.lines().filter(|l| !l.is_empty()) {
-                        println!("{line}");
-                    }
-                    if result.contains("refused:") || result.starts_with("error:") {
-                        return Ok(1);
-                    }
-                    if result.trim().is_empty() {
-                        println!("rule {id:?} is already {}", if enable { "enabled" } else { "disabled" });
-                    }
-                    return Ok(0);
+                    break result;
                 }
                 if tokio::time::Instant::now() > deadline {
-                    println!("the running engine (pid {pid}) has not applied it yet; it will on its next poll");
-                    return Ok(1);
+                    anyhow::bail!(
+                        "the running engine (pid {pid}) has not answered within 15 seconds; it applies the change when it next polls (see {})",
+                        paths.state.join("crr.log").display()
+                    );
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         Ok(lock) => {
             drop(lock);
+            let config = load(paths)?;
             let engine = open_engine(paths, config).await?;
-            let rec = engine.reconcile(Some(id)).await?;
-            if rec.messages.is_empty() && rec.refused.is_empty() {
-                println!("rule {id:?} is already {}", if enable { "enabled" } else { "disabled" });
-            }
-            for m in &rec.messages {
-                println!("{m}");
-            }
-            if !rec.refused.is_empty() {
-                print_refusals(&rec.refused);
-                return Ok(2);
-            }
-            Ok(0)
+            direct(engine).await?
+        }
+    };
+    let mut refused = false;
+    for line in answer.lines().filter(|l| !l.is_empty()) {
+        if let Some(r) = line.strip_prefix("refused: ") {
+            eprintln!("refused: {r}");
+            refused = true;
+        } else if let Some(e) = line.strip_prefix("error: ") {
+            anyhow::bail!("{e}");
+        } else {
+            println!("{line}");
         }
     }
+    if refused {
+        return Err(Invalid("nothing was changed".into()).into());
+    }
+    Ok(answer)
+}
+
+// ---- migrate, diff ----------------------------------------------------------------------------
+
+pub async fn migrate(paths: &Paths, action: &str, id: &str) -> Result<u8> {
+    let config = load(paths)?;
+    if config.rule(id).is_none() {
+        let ids: Vec<&str> = config.rules.iter().map(|r| r.id.as_str()).collect();
+        return Err(Invalid(format!(
+            "there is no rule {id:?} in {} (rules: {})",
+            paths.config.display(),
+            if ids.is_empty() { "none".into() } else { ids.join(", ") }
+        ))
+        .into());
+    }
+    let running = EngineLock::held_by_other(&paths.state)?.is_some();
+    apply(paths, "migrate", &format!("{action} {id}"), |engine| async move {
+        Ok(match engine.migrate_command(action, id).await {
+            Ok(m) => m,
+            Err(m) => format!("refused: {m}"),
+        })
+    })
+    .await?;
+    if !running && matches!(action, "start" | "resume") {
+        println!("it runs with `crr run --once` or while `crr serve` runs; follow it with `crr status`");
+    }
+    Ok(0)
+}
+
+pub async fn diff(paths: &Paths, id: &str) -> Result<u8> {
+    let config = load(paths)?;
+    let Some(rule) = config.rule(id) else {
+        return Err(Invalid(format!("there is no rule {id:?} in {}", paths.config.display())).into());
+    };
+    let clients = Clients::connect(&config).await;
+    let store = Store::open(&paths.state)?;
+    let report = crate::engine::diff::diff(&clients, &store, rule).await?;
+    for key in &report.missing {
+        println!("missing on destination: {key}");
+    }
+    for (key, why) in &report.different {
+        println!("different: {key} ({why})");
+    }
+    for key in &report.extra {
+        println!("extra on destination: {key}");
+    }
+    println!(
+        "rule {id:?}: {} -> {} ({}): {} same, {} missing, {} different, {} extra on the destination",
+        rule.source,
+        rule.destination,
+        rule.scope_text(),
+        report.same,
+        report.missing.len(),
+        report.different.len(),
+        report.extra.len()
+    );
+    Ok(if report.matches() { 0 } else { 1 })
 }

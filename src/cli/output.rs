@@ -2,7 +2,7 @@
 
 use crate::config::units::human_bytes;
 use crate::config::{Config, Operations};
-use crate::store::{Store, Task, TaskKind, rfc3339};
+use crate::store::{Store, Task, TaskKind, now_ms, rfc3339};
 use anyhow::Result;
 use serde_json::{Value, json};
 
@@ -23,9 +23,34 @@ pub fn kind(t: &Task) -> &'static str {
 /// One JSON object per rule, in the shape of DESIGN section 7.
 pub fn status_rows(config: &Config, store: &Store) -> Result<Vec<Value>> {
     let mut rows = Vec::new();
+    let now = now_ms();
     for rule in &config.rules {
         let state = store.rule_state(&rule.id)?.unwrap_or_default();
         let backlog = store.backlog(&rule.id)?;
+        let migration = match store.latest_migration(&rule.id)? {
+            None => Value::Null,
+            Some(m) => {
+                let f = store.migration_figures(&m)?;
+                json!({
+                    "state": f.state(),
+                    "percent": f.percent(),
+                    "total_objects": f.total_objects,
+                    "done_objects": f.done_objects,
+                    "total_bytes": f.total_bytes,
+                    "done_bytes": f.done_bytes,
+                    "skipped_objects": f.skipped_objects,
+                    "failed_objects": f.failed_objects,
+                    "listing_complete": f.listing_done,
+                    "started_at": rfc3339(m.started_at),
+                    "throughput_bytes_per_sec": f.throughput(now).round() as u64,
+                    "eta_seconds": f.eta_seconds(now),
+                })
+            }
+        };
+        let lag = match (state.state.as_str(), state.last_sync_point) {
+            ("enabled", Some(t)) => Value::from((now - t).max(0) / 1000),
+            _ => Value::Null,
+        };
         rows.push(json!({
             "id": rule.id,
             "enabled": rule.enabled,
@@ -41,7 +66,8 @@ pub fn status_rows(config: &Config, store: &Store) -> Result<Vec<Value>> {
             "failed_tasks": backlog.failed_tasks,
             "replicated_objects": state.replicated_objects,
             "replicated_bytes": state.replicated_bytes,
-            "migration": Value::Null,
+            "lag_seconds": lag,
+            "migration": migration,
         }));
     }
     Ok(rows)
@@ -74,7 +100,14 @@ pub fn print_status(rows: &[Value]) {
             s(&r["destination"])
         );
         println!("  enable point     {}", s(&r["enable_point"]));
-        println!("  last sync point  {}", s(&r["last_sync_point"]));
+        println!(
+            "  last sync point  {}{}",
+            s(&r["last_sync_point"]),
+            r["lag_seconds"]
+                .as_i64()
+                .map(|l| format!(" ({l}s behind)"))
+                .unwrap_or_default()
+        );
         println!(
             "  backlog          {} task(s), {}",
             s(&r["pending_tasks"]),
@@ -86,7 +119,43 @@ pub fn print_status(rows: &[Value]) {
             s(&r["replicated_objects"]),
             human_bytes(r["replicated_bytes"].as_i64().unwrap_or(0).max(0) as u64)
         );
+        let m = &r["migration"];
+        if !m.is_null() {
+            println!("  migration        {}", migration_line(m));
+        }
     }
+}
+
+/// "running 42.5%: 17 of at least 40 objects, 1.2 MiB of 3.0 MiB; 2 skipped, 0 failed; 1.0 MiB/s, ETA 2s"
+pub fn migration_line(m: &Value) -> String {
+    let n = |k: &str| m[k].as_i64().unwrap_or(0).max(0) as u64;
+    let at_least = if m["listing_complete"] == Value::Bool(true) {
+        ""
+    } else {
+        "at least "
+    };
+    let mut line = format!(
+        "{} {:.1}%: {} of {at_least}{} objects, {} of {at_least}{}; {} skipped, {} failed",
+        s(&m["state"]),
+        m["percent"].as_f64().unwrap_or(0.0),
+        n("done_objects") + n("skipped_objects"),
+        n("total_objects"),
+        human_bytes(n("done_bytes")),
+        human_bytes(n("total_bytes")),
+        n("skipped_objects"),
+        n("failed_objects"),
+    );
+    let rate = n("throughput_bytes_per_sec");
+    if rate > 0 {
+        line.push_str(&format!("; {}/s", human_bytes(rate)));
+    }
+    if let Some(eta) = m["eta_seconds"].as_u64() {
+        line.push_str(&format!(
+            ", ETA {}",
+            humantime::format_duration(std::time::Duration::from_secs(eta))
+        ));
+    }
+    line
 }
 
 pub fn print_tasks(tasks: &[Task], json: bool) -> Result<()> {
@@ -97,7 +166,8 @@ pub fn print_tasks(tasks: &[Task], json: bool) -> Result<()> {
                 json!({
                     "id": t.id, "rule": t.rule_id, "kind": kind(t), "key": t.key,
                     "version_id": t.version_id, "size": t.size, "state": t.state,
-                    "attempts": t.attempts, "error": t.last_error,
+                    "bytes_done": if t.state == "running" { t.bytes_done } else { 0 },
+                    "attempts": t.attempts, "error": t.last_error, "migration": t.migration_id,
                 })
             })
             .collect();

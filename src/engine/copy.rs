@@ -362,8 +362,8 @@ impl CopyCtx<'_> {
             metadata: head.metadata().cloned(),
             storage_class: head.storage_class().map(|s| s.as_str().to_string()),
         };
-        let part_size = self.engine.part_size.max(size.div_ceil(10_000));
-        let part_count = size.div_ceil(part_size).max(1) as i32;
+        let (part_size, part_count) = part_layout(size, self.engine);
+        let part_count = part_count as i32;
 
         // Resume the upload a previous attempt or process started. Its recorded parts were each
         // verified when uploaded; if the server has since dropped the upload, the part upload or
@@ -559,6 +559,16 @@ impl CopyCtx<'_> {
         }
         Ok((n, etag, len))
     }
+}
+
+/// How an object of `size` bytes is copied: (part size, number of parts); one part below the
+/// multipart threshold. Parts grow past `part_size` only to stay within S3's 10,000 parts.
+pub fn part_layout(size: u64, engine: &EngineConfig) -> (u64, u32) {
+    if size <= engine.multipart_threshold {
+        return (size, 1);
+    }
+    let part_size = engine.part_size.max(size.div_ceil(10_000));
+    (part_size, size.div_ceil(part_size).max(1) as u32)
 }
 
 /// Aborts a multipart upload left by a dropped task, so no parts stay billed and nothing

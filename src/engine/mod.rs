@@ -56,6 +56,8 @@ pub struct Engine {
     listing: Mutex<std::collections::HashSet<i64>>,
     listing_count: AtomicUsize,
     listing_errors: Mutex<Vec<String>>,
+    /// Set while `serve` runs (failed listings are retried after a pause).
+    serving: std::sync::atomic::AtomicBool,
     global_limit: Mutex<Arc<Limiter>>,
     rule_limits: Mutex<HashMap<String, Arc<Limiter>>>,
     snapshot: watch::Sender<Snapshot>,
@@ -118,6 +120,7 @@ impl Engine {
             listing: Mutex::new(Default::default()),
             listing_count: AtomicUsize::new(0),
             listing_errors: Mutex::new(Vec::new()),
+            serving: std::sync::atomic::AtomicBool::new(false),
             global_limit,
             rule_limits: Mutex::new(HashMap::new()),
             snapshot: watch::channel(Snapshot::default()).0,
@@ -370,7 +373,7 @@ impl Engine {
             size: task.size,
             bytes_done: 0,
             parts_done: 0,
-            parts_total: 1,
+            parts_total: copy::part_layout(task.size, &config.engine).1,
             attempt: task.attempts,
             started: Instant::now(),
         });
@@ -579,6 +582,7 @@ impl Engine {
     /// applies posted commands within half a second. In-flight copies get a grace period,
     /// then are aborted and left resumable.
     pub async fn serve(self: &Arc<Self>, shutdown: CancellationToken) -> Result<()> {
+        self.serving.store(true, Ordering::SeqCst);
         let workers = self.spawn_workers(false);
         let stop_sampler = CancellationToken::new();
         let sampler = tokio::spawn(self.clone().sample(stop_sampler.clone()));
@@ -638,8 +642,8 @@ impl Engine {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .push(msg);
-                    if !engine.draining.is_cancelled() && engine.snapshot.receiver_count() > 0 {
-                        // Serving: try again after a pause rather than hammering the source.
+                    if engine.serving.load(Ordering::SeqCst) && !engine.draining.is_cancelled() {
+                        // Serving: the next try comes after a pause, not 4 times a second.
                         tokio::time::sleep(Duration::from_secs(5)).await;
                     }
                 }

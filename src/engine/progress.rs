@@ -62,19 +62,19 @@ impl Progress {
 }
 
 /// A request body that counts the bytes it hands to the HTTP client (the copy's progress) and
-/// paces them to the bandwidth limits. Wraps either a streamed source body or a part in memory,
-/// which it hands out in small chunks so pacing stays smooth.
+/// paces them to the bandwidth limits. Every frame is cut into small chunks, and each chunk's
+/// time is reserved before it is handed out, so no frame, however large the source made it,
+/// passes the limit.
 pub struct Metered {
-    inner: MeteredInner,
+    inner: Option<aws_sdk_s3::primitives::SdkBody>,
+    /// Bytes taken from `inner` (or the whole part in memory) not handed out yet.
+    pending: Bytes,
+    /// A chunk whose time is reserved, handed out when `sleep` ends.
+    ready: Option<Bytes>,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     task_id: i64,
     progress: std::sync::Arc<Progress>,
     limits: Vec<std::sync::Arc<super::limit::Limiter>>,
-    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-}
-
-enum MeteredInner {
-    Stream(aws_sdk_s3::primitives::SdkBody),
-    Memory(Bytes),
 }
 
 const CHUNK: usize = 64 * 1024;
@@ -86,14 +86,16 @@ impl Metered {
         progress: std::sync::Arc<Progress>,
         limits: Vec<std::sync::Arc<super::limit::Limiter>>,
     ) -> ByteStream {
-        let m = Metered {
-            inner: MeteredInner::Stream(body.into_inner()),
+        let inner = Some(body.into_inner());
+        ByteStream::from_body_1_x(Metered {
+            inner,
+            pending: Bytes::new(),
+            ready: None,
+            sleep: None,
             task_id,
             progress,
             limits,
-            sleep: None,
-        };
-        ByteStream::from_body_1_x(m)
+        })
     }
 
     pub fn memory(
@@ -102,14 +104,25 @@ impl Metered {
         progress: std::sync::Arc<Progress>,
         limits: Vec<std::sync::Arc<super::limit::Limiter>>,
     ) -> ByteStream {
-        let m = Metered {
-            inner: MeteredInner::Memory(bytes),
+        ByteStream::from_body_1_x(Metered {
+            inner: None,
+            pending: bytes,
+            ready: None,
+            sleep: None,
             task_id,
             progress,
             limits,
-            sleep: None,
-        };
-        ByteStream::from_body_1_x(m)
+        })
+    }
+
+    fn hand_out(&self, chunk: Bytes) -> http_body::Frame<Bytes> {
+        let n = chunk.len() as u64;
+        self.progress.set(self.task_id, |p| p.bytes_done += n);
+        http_body::Frame::data(chunk)
+    }
+
+    fn buffered(&self) -> u64 {
+        (self.pending.len() + self.ready.as_ref().map_or(0, |r| r.len())) as u64
     }
 }
 
@@ -123,51 +136,65 @@ impl http_body::Body for Metered {
     ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
         use std::future::Future;
         use std::task::Poll;
-        if let Some(sleep) = self.sleep.as_mut() {
-            if sleep.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.sleep = None;
-        }
         let this = &mut *self;
-        let frame = match &mut this.inner {
-            MeteredInner::Memory(bytes) => {
-                if bytes.is_empty() {
-                    return Poll::Ready(None);
+        loop {
+            if let Some(sleep) = this.sleep.as_mut() {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
                 }
-                let chunk = bytes.split_to(bytes.len().min(CHUNK));
-                http_body::Frame::data(chunk)
+                this.sleep = None;
+                if let Some(chunk) = this.ready.take() {
+                    return Poll::Ready(Some(Ok(this.hand_out(chunk))));
+                }
             }
-            MeteredInner::Stream(body) => match std::pin::Pin::new(body).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(Some(Ok(frame))) => frame,
-            },
-        };
-        if let Some(data) = frame.data_ref() {
-            let n = data.len() as u64;
-            this.progress.set(this.task_id, |p| p.bytes_done += n);
+            if this.pending.is_empty() {
+                let Some(body) = this.inner.as_mut() else {
+                    return Poll::Ready(None);
+                };
+                match std::pin::Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => {
+                        this.inner = None;
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => {
+                            this.pending = data;
+                            continue;
+                        }
+                        Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+                    },
+                }
+            }
+            let chunk = this.pending.split_to(this.pending.len().min(CHUNK));
             let limits: Vec<&super::limit::Limiter> = this.limits.iter().map(|l| l.as_ref()).collect();
-            let wait = super::limit::reserve_all(&limits, n);
-            if !wait.is_zero() {
-                this.sleep = Some(Box::pin(tokio::time::sleep(wait)));
+            let wait = super::limit::reserve_all(&limits, chunk.len() as u64);
+            if wait.is_zero() {
+                return Poll::Ready(Some(Ok(this.hand_out(chunk))));
             }
+            this.ready = Some(chunk);
+            this.sleep = Some(Box::pin(tokio::time::sleep(wait)));
         }
-        Poll::Ready(Some(Ok(frame)))
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            MeteredInner::Memory(b) => b.is_empty(),
-            MeteredInner::Stream(s) => http_body::Body::is_end_stream(s),
-        }
+        self.buffered() == 0 && self.inner.as_ref().is_none_or(http_body::Body::is_end_stream)
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
+        let buffered = self.buffered();
         match &self.inner {
-            MeteredInner::Memory(b) => http_body::SizeHint::with_exact(b.len() as u64),
-            MeteredInner::Stream(s) => http_body::Body::size_hint(s),
+            None => http_body::SizeHint::with_exact(buffered),
+            Some(body) => {
+                let inner = http_body::Body::size_hint(body);
+                let mut hint = http_body::SizeHint::new();
+                hint.set_lower(inner.lower() + buffered);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + buffered);
+                }
+                hint
+            }
         }
     }
 }

@@ -93,41 +93,65 @@ impl Moto {
         // A port picked by binding :0 can in rare cases be taken by someone else before moto
         // binds it; in that case moto exits and we try another port.
         for attempt in 0..3 {
-            let port = free_port();
-            let log_path = log_dir.join(format!("moto-{name}-{attempt}.log"));
-            let log = std::fs::File::create(&log_path).expect("create moto log file");
-            let log_err = log.try_clone().expect("clone moto log file");
-            let child = std::process::Command::new(&exe)
-                .arg("-H")
-                .arg("127.0.0.1")
-                .arg("-p")
-                .arg(port.to_string())
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log))
-                .stderr(Stdio::from(log_err))
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
-            let url = format!("http://127.0.0.1:{port}");
-            let mut moto = Moto {
-                name: name.to_string(),
-                region: region.to_string(),
-                url: url.clone(),
-                port,
-                client: s3_client(&url, region),
-                child: Some(child),
-            };
-            match moto.wait_ready().await {
-                Ok(()) => return moto,
-                Err(problem) => {
-                    last_problem = format!(
-                        "{problem} (log: {})",
-                        std::fs::read_to_string(&log_path).unwrap_or_default()
-                    );
-                    moto.stop();
-                }
+            match Self::spawn_at(&exe, name, region, log_dir, free_port(), attempt).await {
+                Ok(moto) => return moto,
+                Err(problem) => last_problem = problem,
             }
         }
         panic!("moto_server for {name} did not come up: {last_problem}");
+    }
+
+    /// Starts a server on a given port (e.g. to bring an endpoint back after `stop`). Its data
+    /// starts empty, as after a real outage that lost it.
+    pub async fn start_on(name: &str, region: &str, log_dir: &Path, port: u16) -> Moto {
+        let exe = moto_server_path();
+        match Self::spawn_at(&exe, name, region, log_dir, port, 9).await {
+            Ok(moto) => moto,
+            Err(problem) => panic!("moto_server for {name} did not come up on port {port}: {problem}"),
+        }
+    }
+
+    async fn spawn_at(
+        exe: &Path,
+        name: &str,
+        region: &str,
+        log_dir: &Path,
+        port: u16,
+        attempt: u32,
+    ) -> Result<Moto, String> {
+        let log_path = log_dir.join(format!("moto-{name}-{attempt}.log"));
+        let log = std::fs::File::create(&log_path).expect("create moto log file");
+        let log_err = log.try_clone().expect("clone moto log file");
+        let child = std::process::Command::new(exe)
+            .arg("-H")
+            .arg("127.0.0.1")
+            .arg("-p")
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
+        let url = format!("http://127.0.0.1:{port}");
+        let mut moto = Moto {
+            name: name.to_string(),
+            region: region.to_string(),
+            url: url.clone(),
+            port,
+            client: s3_client(&url, region),
+            child: Some(child),
+        };
+        match moto.wait_ready().await {
+            Ok(()) => Ok(moto),
+            Err(problem) => {
+                let problem = format!(
+                    "{problem} (log: {})",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+                moto.stop();
+                Err(problem)
+            }
+        }
     }
 
     async fn wait_ready(&mut self) -> Result<(), String> {
