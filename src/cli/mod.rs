@@ -98,6 +98,19 @@ async fn open_engine(paths: &Paths, config: Config) -> Result<Arc<Engine>> {
     }
 }
 
+/// The rule with this id, or an error that lists the ids there are.
+fn find_rule<'a>(config: &'a Config, id: &str) -> Result<&'a crate::config::Rule> {
+    config.rule(id).ok_or_else(|| {
+        let ids: Vec<&str> = config.rules.iter().map(|r| r.id.as_str()).collect();
+        Invalid(format!(
+            "there is no rule {id:?} in {} (rules: {})",
+            config.path.display(),
+            if ids.is_empty() { "none".into() } else { ids.join(", ") }
+        ))
+        .into()
+    })
+}
+
 fn print_refusals(refused: &[preflight::Refusal]) {
     for r in refused {
         eprintln!("refused: {r}");
@@ -283,15 +296,7 @@ pub async fn rule_list(paths: &Paths) -> Result<u8> {
 /// is applied by the running engine if there is one, else here and now.
 pub async fn rule_set(paths: &Paths, id: &str, enable: bool) -> Result<u8> {
     let config = load(paths)?;
-    let Some(rule) = config.rule(id) else {
-        let ids: Vec<&str> = config.rules.iter().map(|r| r.id.as_str()).collect();
-        return Err(Invalid(format!(
-            "there is no rule {id:?} in {} (rules: {})",
-            paths.config.display(),
-            if ids.is_empty() { "none".into() } else { ids.join(", ") }
-        ))
-        .into());
-    };
+    let rule = find_rule(&config, id)?;
     if enable {
         let clients = Clients::connect(&config).await;
         let refused = preflight::check_rule(&clients, rule).await;
@@ -374,16 +379,7 @@ where
 // ---- migrate, diff ----------------------------------------------------------------------------
 
 pub async fn migrate(paths: &Paths, action: &str, id: &str) -> Result<u8> {
-    let config = load(paths)?;
-    if config.rule(id).is_none() {
-        let ids: Vec<&str> = config.rules.iter().map(|r| r.id.as_str()).collect();
-        return Err(Invalid(format!(
-            "there is no rule {id:?} in {} (rules: {})",
-            paths.config.display(),
-            if ids.is_empty() { "none".into() } else { ids.join(", ") }
-        ))
-        .into());
-    }
+    find_rule(&load(paths)?, id)?;
     let running = EngineLock::held_by_other(&paths.state)?.is_some();
     apply(paths, "migrate", &format!("{action} {id}"), |engine| async move {
         Ok(match engine.migrate_command(action, id).await {
@@ -400,9 +396,7 @@ pub async fn migrate(paths: &Paths, action: &str, id: &str) -> Result<u8> {
 
 pub async fn diff(paths: &Paths, id: &str) -> Result<u8> {
     let config = load(paths)?;
-    let Some(rule) = config.rule(id) else {
-        return Err(Invalid(format!("there is no rule {id:?} in {}", paths.config.display())).into());
-    };
+    let rule = find_rule(&config, id)?;
     let clients = Clients::connect(&config).await;
     let store = Store::open(&paths.state)?;
     let report = crate::engine::diff::diff(&clients, &store, rule).await?;

@@ -125,23 +125,8 @@ impl CopyCtx<'_> {
     /// to copy it. "if-different" treats as identical a destination object of the same size and
     /// ETag, or the replica crr itself wrote of this very version.
     pub async fn migration_skip(&self, task: &Task, overwrite: Overwrite) -> Result<Option<String>, CopyError> {
-        let head = self
-            .dst
-            .client
-            .head_object()
-            .bucket(&self.rule.destination.bucket)
-            .key(&task.key)
-            .send()
-            .await;
-        let head = match head {
-            Ok(h) => h,
-            Err(e) => {
-                let e = s3_error("HeadObject", &self.dst_target(&task.key), e);
-                if e.is_not_found() {
-                    return Ok(None);
-                }
-                return Err(CopyError::Retry(e.message));
-            }
+        let Some(head) = self.dest_latest(&task.key).await? else {
+            return Ok(None);
         };
         Ok(match overwrite {
             Overwrite::Always => None,
@@ -189,16 +174,8 @@ impl CopyCtx<'_> {
     /// After an interrupted attempt the previous PUT may have landed: if the destination's
     /// latest version already has this version's size and ETag, it is not copied again.
     async fn already_there(&self, task: &Task) -> Result<Option<Copied>, CopyError> {
-        let head = self
-            .dst
-            .client
-            .head_object()
-            .bucket(&self.rule.destination.bucket)
-            .key(&task.key)
-            .send()
-            .await;
-        match head {
-            Ok(h)
+        match self.dest_latest(&task.key).await? {
+            Some(h)
                 if h.content_length().unwrap_or(-1) as u64 == task.size
                     && !task.etag.is_empty()
                     && h.e_tag().map(unquote) == Some(unquote(&task.etag)) =>
@@ -209,6 +186,33 @@ impl CopyCtx<'_> {
                 }))
             }
             _ => Ok(None),
+        }
+    }
+
+    /// The destination's latest version of `key`, or `None` when there is none (or a delete
+    /// marker is latest).
+    async fn dest_latest(
+        &self,
+        key: &str,
+    ) -> Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>, CopyError> {
+        match self
+            .dst
+            .client
+            .head_object()
+            .bucket(&self.rule.destination.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(h) => Ok(Some(h)),
+            Err(e) => {
+                let e = s3_error("HeadObject", &self.dst_target(key), e);
+                if e.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(CopyError::Retry(e.message))
+                }
+            }
         }
     }
 

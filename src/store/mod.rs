@@ -316,6 +316,33 @@ fn task_from_row(r: &rusqlite::Row) -> rusqlite::Result<Task> {
     })
 }
 
+/// Drops the queued, running and failed tasks where `column` (rule_id or migration_id) equals
+/// `value`, with their recorded parts. Returns those that had a multipart upload open, to abort.
+fn drop_unfinished(
+    tx: &rusqlite::Transaction,
+    column: &str,
+    value: &dyn rusqlite::ToSql,
+    reason: &str,
+) -> Result<Vec<Task>> {
+    let unfinished = format!("{column} = ?1 AND state IN ('queued', 'running', 'failed')");
+    let uploads = {
+        let mut st = tx.prepare(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE {unfinished} AND upload_id IS NOT NULL"
+        ))?;
+        st.query_map([value], task_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    tx.execute(
+        &format!("DELETE FROM parts WHERE task_id IN (SELECT id FROM tasks WHERE {unfinished})"),
+        [value],
+    )?;
+    tx.execute(
+        &format!("UPDATE tasks SET state = 'dropped', last_error = ?2, updated_at = ?3 WHERE {unfinished}"),
+        params![value, reason, now_ms()],
+    )?;
+    Ok(uploads)
+}
+
 impl Store {
     /// Opens (creating if needed) the state database in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
@@ -418,24 +445,8 @@ impl Store {
     pub fn disable(&self, id: &str, new_state: &str) -> Result<Vec<Task>> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        let uploads = {
-            let mut st = tx.prepare(&format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE rule_id = ?1 AND upload_id IS NOT NULL
-                 AND state IN ('queued', 'running', 'failed')"
-            ))?;
-            st.query_map([id], task_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?
-        };
+        let uploads = drop_unfinished(&tx, "rule_id", &id, "rule disabled")?;
         let now = now_ms();
-        tx.execute(
-            "UPDATE tasks SET state = 'dropped', updated_at = ?2, last_error = COALESCE(last_error, 'rule disabled')
-             WHERE rule_id = ?1 AND state IN ('queued', 'running', 'failed')",
-            params![id, now],
-        )?;
-        tx.execute(
-            "DELETE FROM parts WHERE task_id IN (SELECT id FROM tasks WHERE rule_id = ?1 AND state = 'dropped')",
-            [id],
-        )?;
         tx.execute(
             "UPDATE migrations SET control = 'cancel', finished_at = ?2 WHERE rule_id = ?1 AND control != 'cancel'
              AND finished_at IS NULL",
@@ -743,23 +754,10 @@ impl Store {
     pub fn cancel_migration(&self, id: i64) -> Result<Vec<Task>> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        let uploads = {
-            let mut st = tx.prepare(&format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE migration_id = ?1 AND upload_id IS NOT NULL
-                 AND state IN ('queued', 'running', 'failed')"
-            ))?;
-            st.query_map([id], task_from_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()?
-        };
-        let now = now_ms();
-        tx.execute(
-            "UPDATE tasks SET state = 'dropped', last_error = 'migration cancelled', updated_at = ?2
-             WHERE migration_id = ?1 AND state IN ('queued', 'running', 'failed')",
-            params![id, now],
-        )?;
+        let uploads = drop_unfinished(&tx, "migration_id", &id, "migration cancelled")?;
         tx.execute(
             "UPDATE migrations SET control = 'cancel', finished_at = ?2 WHERE id = ?1",
-            params![id, now],
+            params![id, now_ms()],
         )?;
         tx.commit()?;
         Ok(uploads)
