@@ -50,42 +50,46 @@ async fn bandwidth_windows() {
     let run = tokio::spawn(async move { runner.run_once().await });
     let mut samples: Vec<(f64, u64)> = vec![(0.0, 0)];
     while !run.is_finished() {
-        if tokio::time::timeout(Duration::from_millis(500), snapshots.changed())
-            .await
-            .is_ok()
+        let changed = tokio::time::timeout(Duration::from_millis(500), snapshots.changed()).await;
+        if changed.is_err() {
+            continue;
+        }
+        // Sending only: while the copy runs, up to the sample that shows every byte sent
+        // (completing and verifying the upload come after it).
+        let copy = snapshots.borrow_and_update().tasks.first().cloned();
+        if let Some(copy) = copy
+            && samples.last().is_none_or(|(_, b)| *b < size as u64)
         {
-            let done = snapshots
-                .borrow_and_update()
-                .tasks
-                .iter()
-                .map(|t| t.bytes_done)
-                .sum::<u64>();
-            samples.push((started.elapsed().as_secs_f64(), done));
+            samples.push((started.elapsed().as_secs_f64(), copy.bytes_done));
         }
     }
     run.await.expect("join").expect("run");
     let total = started.elapsed().as_secs_f64();
-    samples.push((total, size as u64));
-    // Every 5-second window between samples: bytes sent in it, as a rate.
-    let (mut lowest, mut highest) = (f64::MAX, 0f64);
-    for (i, (t0, b0)) in samples.iter().enumerate() {
-        if let Some((t1, b1)) = samples[i..].iter().find(|(t, _)| *t >= t0 + 5.0) {
-            let rate = (b1 - b0) as f64 / (t1 - t0);
-            lowest = lowest.min(rate);
-            highest = highest.max(rate);
+    // Every 5-second window between samples: bytes sent in it, as a rate. "Steady" leaves out
+    // windows that start in the first second (connecting, heading, reading the first parts).
+    let windows = |from: f64| {
+        let (mut lowest, mut highest) = (f64::MAX, 0f64);
+        for (i, (t0, b0)) in samples.iter().enumerate().filter(|(_, (t, _))| *t >= from) {
+            if let Some((t1, b1)) = samples[i..].iter().find(|(t, _)| *t >= t0 + 5.0) {
+                let rate = b1.saturating_sub(*b0) as f64 / (t1 - t0);
+                lowest = lowest.min(rate);
+                highest = highest.max(rate);
+            }
         }
-    }
-    let mib = |r: f64| r / (1 << 20) as f64;
+        (lowest, highest)
+    };
+    let pct = |r: f64| (r / limit as f64 - 1.0) * 100.0;
+    let ((all_lo, all_hi), (steady_lo, steady_hi)) = (windows(0.0), windows(1.0));
     println!(
-        "bandwidth: {} MiB at a limit of {:.2} MiB/s took {total:.2} s ({:.3} MiB/s overall); \
-         5-second windows ran at {:.3} to {:.3} MiB/s ({:+.1}% .. {:+.1}% of the limit)",
+        "bandwidth: {} MiB at a limit of {:.2} MiB/s took {total:.2} s ({:+.1}% overall); \
+         5-second windows: all {:+.1}% .. {:+.1}%, steady {:+.1}% .. {:+.1}% of the limit",
         size >> 20,
-        mib(limit as f64),
-        mib(size as f64 / total),
-        mib(lowest),
-        mib(highest),
-        (lowest / limit as f64 - 1.0) * 100.0,
-        (highest / limit as f64 - 1.0) * 100.0
+        limit as f64 / (1 << 20) as f64,
+        pct(size as f64 / total),
+        pct(all_lo),
+        pct(all_hi),
+        pct(steady_lo),
+        pct(steady_hi)
     );
 }
 
@@ -102,7 +106,7 @@ async fn small_objects() {
     }
     let ceiling = count as f64 / started.elapsed().as_secs_f64();
 
-    let engine = engine(&env, "workers = 8").await;
+    let engine = engine(&env, "").await;
     for i in 0..count {
         put(&env.gz, "bench-src", &format!("obj/{i}"), body.clone()).await;
     }
@@ -119,6 +123,9 @@ async fn small_objects() {
 
 fn main() {
     credentials();
+    if std::env::var_os("CRR_BENCH_LOG").is_some() {
+        tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -282,6 +282,7 @@ impl CopyCtx<'_> {
                 task.id,
                 self.progress.clone(),
                 self.limits.clone(),
+                None,
             ))
             .set_content_type(headers.content_type.clone())
             .set_cache_control(headers.cache_control.clone())
@@ -500,8 +501,8 @@ impl CopyCtx<'_> {
         err
     }
 
-    /// Reads one byte range of the source version into memory (one part, bounded by
-    /// `part_size`), uploads it and checks that the part's ETag is the MD5 of those bytes.
+    /// Streams one byte range of the source version into an uploaded part (memory: one chunk,
+    /// not one part), hashing the bytes as they go, and checks that the part's ETag is their MD5.
     async fn upload_part(
         &self,
         task: &Task,
@@ -521,19 +522,22 @@ impl CopyCtx<'_> {
             .send()
             .await
             .map_err(|e| s3_error("GetObject", &self.src_target(task), e))?;
-        let bytes = Progress::read_part(got.body)
-            .await
-            .map_err(|e| CopyError::Retry(format!("reading part {n} of {}: {e}", self.src_target(task))))?;
-        if bytes.len() as u64 != end - start {
+        let len = end - start;
+        if got.content_length() != Some(len as i64) {
             return Err(CopyError::Retry(format!(
-                "reading part {n} of {}: got {} bytes, expected {}",
+                "reading part {n} of {}: the source sent {:?} bytes, expected {len}",
                 self.src_target(task),
-                bytes.len(),
-                end - start
+                got.content_length()
             )));
         }
-        let md5 = hex::encode(Md5::digest(&bytes));
-        let len = bytes.len() as u64;
+        let digest = Arc::new(std::sync::Mutex::new(Md5::new()));
+        let body = Metered::stream(
+            got.body,
+            task.id,
+            self.progress.clone(),
+            self.limits.clone(),
+            Some(digest.clone()),
+        );
         let out = self
             .dst
             .client
@@ -543,17 +547,13 @@ impl CopyCtx<'_> {
             .upload_id(upload_id)
             .part_number(n)
             .content_length(len as i64)
-            .body(Metered::memory(
-                bytes,
-                task.id,
-                self.progress.clone(),
-                self.limits.clone(),
-            ))
+            .body(body)
             .customize()
             .disable_payload_signing()
             .send()
             .await
             .map_err(|e| s3_error("UploadPart", &self.dst_target(&task.key), e))?;
+        let md5 = hex::encode(std::mem::take(&mut *digest.lock().unwrap_or_else(|p| p.into_inner())).finalize());
         let etag = out.e_tag().unwrap_or_default().to_string();
         if unquote(&etag) != md5 {
             return Err(CopyError::Retry(format!(

@@ -2,7 +2,7 @@
 //! bytes done, part i of n, attempt. Updated per chunk here; drivers sample it.
 
 use aws_sdk_s3::primitives::ByteStream;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -50,24 +50,15 @@ impl Progress {
         v.sort_by_key(|p| p.task_id);
         v
     }
-
-    /// Reads one part's body into memory (its bytes count when they are sent on).
-    pub async fn read_part(mut body: ByteStream) -> Result<Bytes, String> {
-        let mut buf = BytesMut::new();
-        while let Some(chunk) = body.next().await {
-            buf.extend_from_slice(&chunk.map_err(|e| e.to_string())?);
-        }
-        Ok(buf.freeze())
-    }
 }
 
 /// A request body that counts the bytes it hands to the HTTP client (the copy's progress) and
-/// paces them to the bandwidth limits. Every frame is cut into small chunks, and each chunk's
+/// paces them to the bandwidth limits. It holds one source frame at most, never a whole object. Every frame is cut into small chunks, and each chunk's
 /// time is reserved before it is handed out, so no frame, however large the source made it,
 /// passes the limit.
 pub struct Metered {
     inner: Option<aws_sdk_s3::primitives::SdkBody>,
-    /// Bytes taken from `inner` (or the whole part in memory) not handed out yet.
+    /// Bytes taken from `inner` not handed out yet.
     pending: Bytes,
     /// A chunk whose time is reserved, handed out when `sleep` ends.
     ready: Option<Bytes>,
@@ -75,48 +66,38 @@ pub struct Metered {
     task_id: i64,
     progress: std::sync::Arc<Progress>,
     limits: Vec<std::sync::Arc<super::limit::Limiter>>,
+    /// MD5 of every byte handed out, for verifying what the destination received.
+    digest: Option<std::sync::Arc<std::sync::Mutex<md5::Md5>>>,
 }
 
 const CHUNK: usize = 64 * 1024;
 
 impl Metered {
+    /// Meters `body`; every byte handed out also goes into `digest` when there is one.
     pub fn stream(
         body: ByteStream,
         task_id: i64,
         progress: std::sync::Arc<Progress>,
         limits: Vec<std::sync::Arc<super::limit::Limiter>>,
+        digest: Option<std::sync::Arc<std::sync::Mutex<md5::Md5>>>,
     ) -> ByteStream {
-        let inner = Some(body.into_inner());
         ByteStream::from_body_1_x(Metered {
-            inner,
+            inner: Some(body.into_inner()),
             pending: Bytes::new(),
             ready: None,
             sleep: None,
             task_id,
             progress,
             limits,
-        })
-    }
-
-    pub fn memory(
-        bytes: Bytes,
-        task_id: i64,
-        progress: std::sync::Arc<Progress>,
-        limits: Vec<std::sync::Arc<super::limit::Limiter>>,
-    ) -> ByteStream {
-        ByteStream::from_body_1_x(Metered {
-            inner: None,
-            pending: bytes,
-            ready: None,
-            sleep: None,
-            task_id,
-            progress,
-            limits,
+            digest,
         })
     }
 
     fn hand_out(&self, chunk: Bytes) -> http_body::Frame<Bytes> {
         let n = chunk.len() as u64;
+        if let Some(d) = &self.digest {
+            md5::Digest::update(&mut *d.lock().unwrap_or_else(|p| p.into_inner()), &chunk);
+        }
         self.progress.set(self.task_id, |p| p.bytes_done += n);
         http_body::Frame::data(chunk)
     }
