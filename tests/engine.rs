@@ -305,3 +305,77 @@ async fn running_copies_publish_their_progress_on_the_snapshot() {
         "rate above what the limit allows: {mid:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_that_landed_before_a_crash_is_not_copied_again() {
+    let env = Env::start().await;
+    let engine = setup(&env, &[config_rule()]).await;
+    engine.reconcile(None).await.expect("reconcile");
+    put(&env.gz, "src-bucket", "landed.txt", "written once").await;
+    engine.scan_all().await;
+    // A worker took the task and its PUT reached the destination; then the process died
+    // before the store recorded it.
+    let task = engine.store.claim(now_ms()).expect("claim").expect("queued");
+    put(&env.sh, "dst-bucket", &task.key, "written once").await;
+    drop(engine);
+
+    let engine = open(&env).await;
+    let summary = engine.run_once().await.expect("run");
+    assert!(summary.failed.is_empty(), "{:?}", summary.failed);
+    let versions = env
+        .sh
+        .client
+        .list_object_versions()
+        .bucket("dst-bucket")
+        .send()
+        .await
+        .expect("versions");
+    assert_eq!(versions.versions().len(), 1, "the landed write was copied again");
+    assert_eq!(
+        engine
+            .store
+            .rule_state("big")
+            .expect("state")
+            .expect("rule")
+            .replicated_objects,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_migration_does_not_hold_back_the_last_sync_point() {
+    let env = Env::start().await;
+    let engine = setup(&env, &[config_rule()]).await;
+    put(&env.gz, "src-bucket", "old.txt", "before the enable point").await;
+    engine.reconcile(None).await.expect("reconcile");
+    engine.migrate_command("start", "big").await.expect("migration starts");
+    engine.migrate_command("pause", "big").await.expect("migration pauses");
+    // Give the paused migration a pending task, as if its listing had run before the pause.
+    let m = engine.store.latest_migration("big").expect("store").expect("migration");
+    let old = crr::store::NewChange {
+        kind: crr::store::TaskKind::Put,
+        key: "old.txt".into(),
+        version_id: "null".into(),
+        size: 23,
+        etag: String::new(),
+        source_time: 0,
+    };
+    let generation = engine.store.rule_state("big").expect("store").expect("rule").generation;
+    engine
+        .store
+        .add_migration_page(&m, generation, &[old], (1, None), true)
+        .expect("page");
+
+    put(&env.gz, "src-bucket", "new.txt", "after").await;
+    let before = now_ms();
+    engine.run_once().await.expect("run");
+    let state = engine.store.rule_state("big").expect("store").expect("rule");
+    assert!(
+        state.last_sync_point.expect("a sync point") >= before,
+        "the last sync point stayed behind the paused migration"
+    );
+    assert_eq!(
+        get_bytes(&env.sh, "dst-bucket", "new.txt").await.as_deref(),
+        Some(&b"after"[..])
+    );
+}

@@ -107,7 +107,7 @@ impl CopyCtx<'_> {
         match task.kind {
             TaskKind::Delete => self.delete_marker(task).await,
             TaskKind::Put => {
-                if task.attempts > 1
+                if (task.attempts > 1 || task.interrupted)
                     && let Some(done) = self.already_there(task).await?
                 {
                     return Ok(done);

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     dest_version_id TEXT,
     migration_id INTEGER,              -- set for tasks of a historical migration
     bytes_done INTEGER NOT NULL DEFAULT 0,  -- sampled from the running copy, for `crr queue`
+    interrupted INTEGER NOT NULL DEFAULT 0, -- a run was cut off: its write may have landed
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
@@ -138,6 +139,8 @@ pub struct Task {
     pub updated_at: i64,
     pub migration_id: Option<i64>,
     pub bytes_done: u64,
+    /// An earlier run of this task was cut off (crash, shutdown): what it wrote may have landed.
+    pub interrupted: bool,
 }
 
 /// A change found by a scan, to be queued.
@@ -289,7 +292,7 @@ pub struct Store {
 }
 
 const TASK_COLUMNS: &str = "id, rule_id, generation, kind, key, version_id, size, etag, state, attempts, last_error, \
-     upload_id, updated_at, migration_id, bytes_done";
+     upload_id, updated_at, migration_id, bytes_done, interrupted";
 
 fn task_from_row(r: &rusqlite::Row) -> rusqlite::Result<Task> {
     let kind: String = r.get(3)?;
@@ -313,6 +316,7 @@ fn task_from_row(r: &rusqlite::Row) -> rusqlite::Result<Task> {
         updated_at: r.get(12)?,
         migration_id: r.get(13)?,
         bytes_done: r.get::<_, i64>(14)? as u64,
+        interrupted: r.get::<_, i64>(15)? != 0,
     })
 }
 
@@ -548,18 +552,20 @@ impl Store {
         }))
     }
 
-    /// Tasks left `running` by a process that died are queued again (their parts are kept).
+    /// Tasks left `running` by a process that died are queued again (their parts are kept),
+    /// marked interrupted: their write may have landed, so the next run checks before copying.
     pub fn requeue_running(&self) -> Result<usize> {
         Ok(self.db().execute(
-            "UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), updated_at = ?1 WHERE state = 'running'",
+            "UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), interrupted = 1, updated_at = ?1
+             WHERE state = 'running'",
             [now_ms()],
         )?)
     }
 
-    /// Gives an interrupted task back to the queue without counting the attempt.
+    /// Gives a task cut off by shutdown back to the queue without counting the attempt.
     pub fn release(&self, id: i64) -> Result<()> {
         self.db().execute(
-            "UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), updated_at = ?2
+            "UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), interrupted = 1, updated_at = ?2
              WHERE id = ?1 AND state = 'running'",
             params![id, now_ms()],
         )?;
@@ -943,7 +949,7 @@ impl Store {
             "SELECT MAX(s.started_at) FROM scans s JOIN rules r ON r.rule_id = s.rule_id AND r.generation = s.generation
              WHERE s.rule_id = ?1 AND NOT EXISTS (
                 SELECT 1 FROM tasks t WHERE t.rule_id = s.rule_id AND t.id <= s.max_task_id
-                AND t.state IN ('queued', 'running', 'failed'))",
+                AND t.migration_id IS NULL AND t.state IN ('queued', 'running', 'failed'))",
             [rule_id],
             |r| r.get(0),
         )?;
