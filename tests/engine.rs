@@ -86,7 +86,7 @@ async fn half_done_upload(env: &Env, engine: &Engine, key: &str, body: &[u8]) ->
         .expect("upload part 1");
     engine
         .store
-        .set_upload(task.id, Some(&upload_id))
+        .set_upload(task.id, Some((&upload_id, (5 * MIB) as u64)))
         .expect("record upload");
     engine
         .store
@@ -353,6 +353,7 @@ async fn a_paused_migration_does_not_hold_back_the_last_sync_point() {
     // Give the paused migration a pending task, as if its listing had run before the pause.
     let m = engine.store.latest_migration("big").expect("store").expect("migration");
     let old = crr::store::NewChange {
+        queue: true,
         kind: crr::store::TaskKind::Put,
         key: "old.txt".into(),
         version_id: "null".into(),
@@ -377,5 +378,71 @@ async fn a_paused_migration_does_not_hold_back_the_last_sync_point() {
     assert_eq!(
         get_bytes(&env.sh, "dst-bucket", "new.txt").await.as_deref(),
         Some(&b"after"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_after_the_part_size_changed_starts_a_fresh_upload() {
+    let env = Env::start().await;
+    let engine = setup(&env, &[config_rule()]).await;
+    engine.reconcile(None).await.expect("reconcile");
+    let body = pseudo_random_bytes(16 * MIB + 3, 11);
+    put(&env.gz, "src-bucket", "layout.bin", body.clone()).await;
+    engine.scan_all().await;
+    let (_, old_upload) = half_done_upload(&env, &engine, "layout.bin", &body).await;
+    drop(engine);
+
+    // Restarted with bigger parts: the recorded part 1 (5 MiB) does not fit the new layout.
+    let text = env
+        .read_config_text()
+        .replace("part_size = \"5MiB\"", "part_size = \"6MiB\"");
+    assert!(
+        text.contains("part_size = \"6MiB\""),
+        "the harness config changed shape: {text}"
+    );
+    env.write_config_text(&text);
+    let engine = open(&env).await;
+    let summary = engine.run_once().await.expect("run");
+    assert!(summary.failed.is_empty(), "{:?}", summary.failed);
+    assert_eq!(get_bytes(&env.sh, "dst-bucket", "layout.bin").await, Some(body));
+    let versions = env
+        .sh
+        .client
+        .list_object_versions()
+        .bucket("dst-bucket")
+        .send()
+        .await
+        .expect("versions");
+    assert_eq!(versions.versions().len(), 1, "a wrong version was completed on the way");
+    assert!(
+        !open_uploads(&env).await.contains(&old_upload),
+        "the old upload was left open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_a_rule_from_put_to_all_does_not_replay_old_delete_markers() {
+    let env = Env::start().await;
+    let engine = setup(&env, &[config_rule().operations("put")]).await;
+    engine.reconcile(None).await.expect("reconcile");
+    put(&env.gz, "src-bucket", "k", "one").await;
+    engine.run_once().await.expect("run");
+    common::delete(&env.gz, "src-bucket", "k").await;
+    engine.run_once().await.expect("run");
+    put(&env.gz, "src-bucket", "k", "two").await;
+    engine.run_once().await.expect("run");
+    assert_eq!(
+        get_bytes(&env.sh, "dst-bucket", "k").await.as_deref(),
+        Some(&b"two"[..])
+    );
+
+    env.write_config(&[config_rule().operations("all")]);
+    engine.reload().await.expect("reload");
+    engine.reconcile(None).await.expect("reconcile");
+    engine.run_once().await.expect("run");
+    assert_eq!(
+        get_bytes(&env.sh, "dst-bucket", "k").await.as_deref(),
+        Some(&b"two"[..]),
+        "an old delete marker was replayed over the latest version"
     );
 }

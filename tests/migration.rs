@@ -103,6 +103,11 @@ async fn migration_copies_what_existed_and_reaches_exactly_100_percent() {
     table.assert_ok();
     assert!(table.stdout.contains("completed 100.0%"), "{}", table.stdout);
 
+    // Disabling the rule later does not turn the finished migration into a cancelled one.
+    env.crr(&["rule", "disable", "h"]).await.assert_ok();
+    assert_eq!(migration(&env, "h").await["state"], "completed");
+    assert_eq!(migration(&env, "h").await["percent"].as_f64(), Some(100.0));
+
     // diff agrees, then finds an injected difference and a missing object.
     env.crr(&["diff", "h"]).await.assert_ok();
     put(&env.sh, "hist-dr", "old/1.txt", "tampered").await;

@@ -273,6 +273,17 @@ pub async fn retry(paths: &Paths, ids: Vec<i64>, rule: Option<String>, all: bool
     }
     let store = Store::open(&paths.state)?;
     let n = store.retry_failed(rule.as_deref(), &ids)?;
+    if !ids.is_empty() && n < ids.len() {
+        let msg = format!(
+            "{} of the {} task(s) given are not failed tasks (see `crr queue --failed` for their ids)",
+            ids.len() - n,
+            ids.len()
+        );
+        if n == 0 {
+            return Err(Invalid(format!("{msg}; nothing was queued again")).into());
+        }
+        eprintln!("warning: {msg}");
+    }
     println!("{n} failed task(s) queued again");
     if EngineLock::held_by_other(&paths.state)?.is_some() {
         store.post_command("wake", "")?;

@@ -115,6 +115,11 @@ impl CopyCtx<'_> {
                 if task.size > self.engine.multipart_threshold {
                     self.multipart(task).await
                 } else {
+                    if let Some(stale) = &task.upload_id {
+                        // Started in parts under another threshold: that upload is dropped.
+                        abort_upload(self.dst, &self.rule.destination.bucket, &task.key, stale).await?;
+                        self.store.set_upload(task.id, None)?;
+                    }
                     self.single(task).await
                 }
             }
@@ -370,16 +375,27 @@ impl CopyCtx<'_> {
         let (part_size, part_count) = part_layout(size, self.engine);
         let part_count = part_count as i32;
 
-        // Resume the upload a previous attempt or process started. Its recorded parts were each
+        // Resume the upload a previous attempt or process started, if it was cut into parts of
+        // the same size (the settings may have changed since). Its recorded parts were each
         // verified when uploaded; if the server has since dropped the upload, the part upload or
         // the completion says NoSuchUpload and the next attempt starts a fresh one.
         let mut done: HashMap<i32, (String, u64)> = HashMap::new();
-        let upload_id = task.upload_id.clone();
-        if upload_id.is_some() {
-            for (n, etag, sz) in self.store.parts(task.id)? {
-                done.insert(n, (etag, sz));
+        let mut upload_id = task.upload_id.clone();
+        if let Some(existing) = &upload_id {
+            if self.store.upload_part_size(task.id)? == Some(part_size) {
+                for (n, etag, sz) in self.store.parts(task.id)? {
+                    done.insert(n, (etag, sz));
+                }
+                tracing::info!(task = task.id, parts = done.len(), "resuming a multipart upload");
+            } else {
+                tracing::info!(
+                    task = task.id,
+                    "the part size changed: starting the multipart upload again"
+                );
+                abort_upload(self.dst, &self.rule.destination.bucket, &task.key, existing).await?;
+                self.store.set_upload(task.id, None)?;
+                upload_id = None;
             }
-            tracing::info!(task = task.id, parts = done.len(), "resuming a multipart upload");
         }
         let upload_id = match upload_id {
             Some(u) => u,
@@ -413,7 +429,7 @@ impl CopyCtx<'_> {
                     .upload_id()
                     .ok_or_else(|| CopyError::Retry("CreateMultipartUpload returned no upload id".into()))?
                     .to_string();
-                self.store.set_upload(task.id, Some(&id))?;
+                self.store.set_upload(task.id, Some((&id, part_size)))?;
                 id
             }
         };
@@ -440,6 +456,18 @@ impl CopyCtx<'_> {
         }
         drop(stream);
 
+        let sent: u64 = done.values().map(|(_, len)| *len).sum();
+        if done.len() != part_count as usize || sent != size {
+            // Never complete an upload whose parts do not add up to the object: that would
+            // create a wrong version on the destination.
+            self.store.set_upload(task.id, None)?;
+            abort_upload(self.dst, &self.rule.destination.bucket, &task.key, &upload_id).await?;
+            return Err(CopyError::Retry(format!(
+                "the parts of {} add up to {sent} bytes in {} parts, not {size} in {part_count}; starting again",
+                self.dst_target(&task.key),
+                done.len()
+            )));
+        }
         let mut parts: Vec<(i32, String)> = done.iter().map(|(n, (e, _))| (*n, e.clone())).collect();
         parts.sort_by_key(|(n, _)| *n);
         let expected = {

@@ -3,6 +3,7 @@
 //! small burst allowance keeps the pace smooth without letting any 5-second window run over.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// How far ahead of the pace a sender may run, in seconds of the limit's rate.
@@ -10,7 +11,7 @@ const BURST: Duration = Duration::from_millis(50);
 
 #[derive(Debug)]
 pub struct Limiter {
-    bytes_per_sec: u64,
+    bytes_per_sec: AtomicU64,
     next_free: Mutex<Option<Instant>>,
 }
 
@@ -18,18 +19,24 @@ impl Limiter {
     /// `bytes_per_sec = 0` means no limit.
     pub fn new(bytes_per_sec: u64) -> Limiter {
         Limiter {
-            bytes_per_sec,
+            bytes_per_sec: AtomicU64::new(bytes_per_sec),
             next_free: Mutex::new(None),
         }
     }
 
     pub fn rate(&self) -> u64 {
-        self.bytes_per_sec
+        self.bytes_per_sec.load(Ordering::Relaxed)
+    }
+
+    /// A new limit, for every copy that shares this limiter, from its next chunk on.
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        self.bytes_per_sec.store(bytes_per_sec, Ordering::Relaxed);
     }
 
     /// Reserves `n` bytes and returns how long the sender should wait before sending more.
     pub fn reserve(&self, n: u64) -> Duration {
-        if self.bytes_per_sec == 0 || n == 0 {
+        let rate = self.rate();
+        if rate == 0 || n == 0 {
             return Duration::ZERO;
         }
         let now = Instant::now();
@@ -38,7 +45,7 @@ impl Limiter {
             Some(t) if t > now => t,
             _ => now,
         };
-        let cost = Duration::from_secs_f64(n as f64 / self.bytes_per_sec as f64);
+        let cost = Duration::from_secs_f64(n as f64 / rate as f64);
         let free = start + cost;
         *next = Some(free);
         free.saturating_duration_since(now).saturating_sub(BURST)

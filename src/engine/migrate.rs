@@ -1,10 +1,10 @@
-//! Historical migration: listing what existed when the migration started, one page at a time,
-//! into the durable queue. The listing position moves with each page's tasks in one
+//! Historical migration: listing what existed before the rule's enable point (its baseline),
+//! one page at a time, into the durable queue. The listing position moves with each page's tasks in one
 //! transaction, so memory stays flat and a restart continues where the listing stopped.
 
 use crate::config::Rule;
 use crate::s3::S3;
-use crate::store::{Migration, NewChange, Store, TaskKind};
+use crate::store::{NewChange, Store, TaskKind};
 use anyhow::Result;
 
 /// What a listing run ended with.
@@ -43,7 +43,7 @@ pub async fn list(
         let page = src
             .list_versions_page(&rule.source.bucket, prefix, m.marker.clone())
             .await?;
-        let objects = existing_objects(&m, rule, page.entries);
+        let objects = existing_objects(store, rule, page.entries)?;
         let (position, done) = match page.next {
             Some(marker) => ((idx as i64, Some(marker)), false),
             None => ((idx as i64 + 1, None), idx + 1 >= prefixes.len()),
@@ -56,20 +56,28 @@ pub async fn list(
     }
 }
 
-/// The latest version of each object that existed when the migration started; delete markers
-/// and versions written after the start (real-time replication's work) are left out.
-fn existing_objects(m: &Migration, rule: &Rule, entries: Vec<crate::s3::VersionEntry>) -> Vec<NewChange> {
-    let start_second = m.started_at.div_euclid(1000);
-    entries
-        .into_iter()
-        .filter(|e| e.is_latest && !e.delete_marker && rule.in_scope(&e.key) && e.last_modified <= start_second)
-        .map(|e| NewChange {
-            kind: TaskKind::Put,
-            key: e.key,
-            version_id: e.version_id,
-            size: e.size,
-            etag: e.etag,
-            source_time: e.last_modified,
-        })
-        .collect()
+/// The latest version of each object in the rule's baseline: what existed at its enable point
+/// and so is not replicated in real time. Versions written since are real time's work; they are
+/// told apart by version id, never by comparing the server's clock with this host's. Delete
+/// markers are left out.
+fn existing_objects(store: &Store, rule: &Rule, entries: Vec<crate::s3::VersionEntry>) -> Result<Vec<NewChange>> {
+    let mut out = Vec::new();
+    for e in entries {
+        if e.is_latest
+            && !e.delete_marker
+            && rule.in_scope(&e.key)
+            && store.is_baseline(&rule.id, &e.key, &e.version_id)?
+        {
+            out.push(NewChange {
+                queue: true,
+                kind: TaskKind::Put,
+                key: e.key,
+                version_id: e.version_id,
+                size: e.size,
+                etag: e.etag,
+                source_time: e.last_modified,
+            });
+        }
+    }
+    Ok(out)
 }

@@ -58,7 +58,7 @@ pub struct Engine {
     listing_errors: Mutex<Vec<String>>,
     /// Set while `serve` runs (failed listings are retried after a pause).
     serving: std::sync::atomic::AtomicBool,
-    global_limit: Mutex<Arc<Limiter>>,
+    global_limit: Arc<Limiter>,
     rule_limits: Mutex<HashMap<String, Arc<Limiter>>>,
     snapshot: watch::Sender<Snapshot>,
     work: Notify,
@@ -115,7 +115,7 @@ impl Engine {
             tracing::info!(requeued, "tasks left running by an earlier process are queued again");
         }
         let clients = Clients::connect(&config).await;
-        let global_limit = Mutex::new(Arc::new(Limiter::new(config.engine.bandwidth_limit)));
+        let global_limit = Arc::new(Limiter::new(config.engine.bandwidth_limit));
         Ok(Ok(Arc::new(Engine {
             listing: Mutex::new(Default::default()),
             listing_count: AtomicUsize::new(0),
@@ -151,26 +151,21 @@ impl Engine {
         let fresh = crate::config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
         let clients = Clients::connect(&fresh).await;
         *self.clients.write().unwrap_or_else(|p| p.into_inner()) = clients;
-        let mut global = self.global_limit.lock().unwrap_or_else(|p| p.into_inner());
-        if global.rate() != fresh.engine.bandwidth_limit {
-            *global = Arc::new(Limiter::new(fresh.engine.bandwidth_limit));
-        }
-        drop(global);
+        // Changed in place, so that copies already running follow the new limit too.
+        self.global_limit.set_rate(fresh.engine.bandwidth_limit);
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(fresh);
         Ok(())
     }
 
     /// The limits a copy of this rule shares: the global one and the rule's own.
     fn limits_for(&self, rule: &Rule) -> Vec<Arc<Limiter>> {
-        let mut limits = vec![self.global_limit.lock().unwrap_or_else(|p| p.into_inner()).clone()];
+        let mut limits = vec![self.global_limit.clone()];
         if rule.bandwidth_limit > 0 {
             let mut map = self.rule_limits.lock().unwrap_or_else(|p| p.into_inner());
             let l = map
                 .entry(rule.id.clone())
                 .or_insert_with(|| Arc::new(Limiter::new(rule.bandwidth_limit)));
-            if l.rate() != rule.bandwidth_limit {
-                *l = Arc::new(Limiter::new(rule.bandwidth_limit));
-            }
+            l.set_rate(rule.bandwidth_limit);
             limits.push(l.clone());
         }
         limits
@@ -361,11 +356,26 @@ impl Engine {
                 return Ok(());
             }
         };
+        let overwrite = match task.migration_id {
+            Some(id) => self.store.migration(id)?.map(|m| match m.overwrite.as_str() {
+                "always" => Overwrite::Always,
+                "never" => Overwrite::Never,
+                _ => Overwrite::IfDifferent,
+            }),
+            None => None,
+        };
         let token = CancellationToken::new();
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(task.id, (rule.id.clone(), task.migration_id, token.clone()));
+        // A disable or cancel that ran between the claim and the line above could not see this
+        // task's token: ask the store whether the task is still ours to run.
+        if !self.store.is_running(task.id).unwrap_or(false) {
+            self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task.id);
+            self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
+            return Ok(());
+        }
         self.progress.start(TaskProgress {
             task_id: task.id,
             rule_id: rule.id.clone(),
@@ -387,14 +397,6 @@ impl Engine {
             progress: &self.progress,
             limits: self.limits_for(rule),
         };
-        let overwrite = match task.migration_id {
-            Some(id) => self.store.migration(id)?.map(|m| match m.overwrite.as_str() {
-                "always" => Overwrite::Always,
-                "never" => Overwrite::Never,
-                _ => Overwrite::IfDifferent,
-            }),
-            None => None,
-        };
         let work = async {
             if let Some(policy) = overwrite
                 && let Some(why) = ctx.migration_skip(&task, policy).await?
@@ -414,6 +416,7 @@ impl Engine {
             Some(Ok(Err(why))) => {
                 // Left alone by the overwrite policy: skipped, and processed for the migration's progress.
                 self.store.skip(task.id, &why)?;
+                self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
             }
             Some(Ok(Ok(done))) => {
                 self.store.complete(&task, done.dest_version.as_deref(), done.bytes)?;
@@ -425,11 +428,14 @@ impl Engine {
             Some(Err(CopyError::Gone(why))) => {
                 tracing::info!(rule = %rule.id, key = %task.key, "skipped: {why}");
                 self.store.skip(task.id, &why)?;
+                self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
             }
             Some(Err(CopyError::Retry(why))) => {
                 if task.attempts >= engine_cfg.max_attempts {
                     tracing::warn!(rule = %rule.id, key = %task.key, attempts = task.attempts, "failed: {why}");
                     self.store.fail(task.id, &why)?;
+                    // A retry starts afresh; no parts stay billed meanwhile.
+                    self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
                 } else {
                     let wait = backoff(task.attempts);
                     tracing::info!(rule = %rule.id, key = %task.key, attempt = task.attempts, "will retry in {wait:?}: {why}");
@@ -440,11 +446,7 @@ impl Engine {
             None if token.is_cancelled() => {
                 // The rule was disabled or the migration cancelled: the store already dropped
                 // the task. Abort its upload.
-                if let Some(upload) = self.store.tasks_upload(task.id)?
-                    && let Err(e) = copy::abort_upload(dst, &rule.destination.bucket, &task.key, &upload).await
-                {
-                    tracing::warn!(key = %task.key, error = %e, "could not abort a multipart upload");
-                }
+                self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
             }
             None => {
                 // Shutting down: back to the queue; multipart parts stay for the restart.
@@ -453,6 +455,21 @@ impl Engine {
         }
         self.store.update_sync_point(&rule.id)?;
         Ok(())
+    }
+
+    /// Aborts the multipart upload the task has open, if any, and forgets it.
+    async fn abort_open_upload(&self, task: &Task, dst: &crate::s3::S3, bucket: &str) {
+        let Ok(Some(upload)) = self.store.tasks_upload(task.id) else {
+            return;
+        };
+        match copy::abort_upload(dst, bucket, &task.key, &upload).await {
+            Ok(()) => {
+                if let Err(e) = self.store.set_upload(task.id, None) {
+                    tracing::warn!(key = %task.key, error = %format!("{e:#}"), "could not forget an aborted upload");
+                }
+            }
+            Err(e) => tracing::warn!(key = %task.key, error = %e, "could not abort a multipart upload"),
+        }
     }
 
     async fn worker(self: Arc<Self>, until_idle: bool) {
@@ -586,15 +603,24 @@ impl Engine {
         let workers = self.spawn_workers(false);
         let stop_sampler = CancellationToken::new();
         let sampler = tokio::spawn(self.clone().sample(stop_sampler.clone()));
-        let mut next_scan = Instant::now();
-        loop {
-            if Instant::now() >= next_scan {
-                let (_, errors) = self.scan_all().await;
-                for e in errors {
-                    tracing::warn!("{e}");
+        // Scans run on their own, so that a long one never delays a posted command.
+        let scanner = {
+            let engine = self.clone();
+            let stop = self.draining.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (_, errors) = engine.scan_all().await;
+                    for e in errors {
+                        tracing::warn!("{e}");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(engine.config().engine.scan_interval) => {}
+                        _ = stop.cancelled() => return,
+                    }
                 }
-                next_scan = Instant::now() + self.config().engine.scan_interval;
-            }
+            })
+        };
+        loop {
             self.apply_commands().await;
             self.spawn_listers();
             tokio::select! {
@@ -604,6 +630,7 @@ impl Engine {
         }
         tracing::info!("shutting down: waiting for in-flight copies");
         self.draining.cancel();
+        scanner.abort();
         self.work.notify_waiters();
         let grace = tokio::time::sleep(Duration::from_secs(10));
         tokio::pin!(grace);

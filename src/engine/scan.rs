@@ -88,10 +88,9 @@ pub async fn scan(src: &S3, rule: &Rule, generation: i64, store: &Store) -> Resu
     list_scope(src, rule, |mut group| {
         chronological(&mut group);
         for e in group {
-            if e.delete_marker && rule.operations == Operations::Put {
-                continue;
-            }
             batch.push(NewChange {
+                // Under "put" a delete marker is only marked seen, never queued.
+                queue: !(e.delete_marker && rule.operations == Operations::Put),
                 kind: if e.delete_marker {
                     TaskKind::Delete
                 } else {

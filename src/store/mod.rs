@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     not_before INTEGER NOT NULL DEFAULT 0,
     last_error TEXT,
     upload_id TEXT,
+    upload_part_size INTEGER,          -- the part size the open upload was started with
     dest_version_id TEXT,
     migration_id INTEGER,              -- set for tasks of a historical migration
     bytes_done INTEGER NOT NULL DEFAULT 0,  -- sampled from the running copy, for `crr queue`
@@ -146,6 +147,9 @@ pub struct Task {
 /// A change found by a scan, to be queued.
 #[derive(Debug, Clone)]
 pub struct NewChange {
+    /// false: only mark it seen (a delete marker under `operations = "put"`), so that it is
+    /// never replayed later, e.g. after the rule changes to "all".
+    pub queue: bool,
     pub kind: TaskKind,
     pub key: String,
     pub version_id: String,
@@ -224,7 +228,6 @@ pub struct MigrationFigures {
     pub failed_objects: i64,
     pub pending_objects: i64,
     pub recent_bytes: i64,
-    pub recent_since: i64,
 }
 
 impl MigrationFigures {
@@ -265,12 +268,12 @@ impl MigrationFigures {
         }
     }
 
-    /// Bytes per second over the last minute.
+    /// Bytes per second over the last minute (or since the start, if sooner).
     pub fn throughput(&self, now: i64) -> f64 {
         if self.recent_bytes <= 0 {
             return 0.0;
         }
-        let window = (now - self.recent_since.max(self.started_at)).clamp(1_000, 60_000);
+        let window = (now - self.started_at).clamp(1_000, 60_000);
         self.recent_bytes as f64 * 1000.0 / window as f64
     }
 
@@ -449,13 +452,16 @@ impl Store {
     pub fn disable(&self, id: &str, new_state: &str) -> Result<Vec<Task>> {
         let mut db = self.db();
         let tx = db.transaction()?;
-        let uploads = drop_unfinished(&tx, "rule_id", &id, "rule disabled")?;
         let now = now_ms();
+        // Unfinished migrations are cancelled (judged before their tasks are dropped); a
+        // completed one stays completed.
         tx.execute(
             "UPDATE migrations SET control = 'cancel', finished_at = ?2 WHERE rule_id = ?1 AND control != 'cancel'
-             AND finished_at IS NULL",
+             AND (listing_done = 0 OR EXISTS (SELECT 1 FROM tasks t
+                 WHERE t.migration_id = migrations.id AND t.state IN ('queued', 'running', 'failed')))",
             params![id, now],
         )?;
+        let uploads = drop_unfinished(&tx, "rule_id", &id, "rule disabled")?;
         tx.execute(
             "INSERT INTO rules (rule_id, state, disabled_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (rule_id) DO UPDATE SET state = ?2, disabled_at = ?3",
@@ -482,7 +488,7 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9)",
             )?;
             for c in changes {
-                if seen.execute(params![rule_id, c.key, c.version_id])? == 1 {
+                if seen.execute(params![rule_id, c.key, c.version_id])? == 1 && c.queue {
                     ins.execute(params![
                         rule_id,
                         generation,
@@ -515,6 +521,22 @@ impl Store {
             .is_some())
     }
 
+    /// Whether this version is in the rule's baseline: seen at the enable point, and never
+    /// queued for real-time replication.
+    pub fn is_baseline(&self, rule_id: &str, key: &str, version_id: &str) -> Result<bool> {
+        Ok(self
+            .db()
+            .query_row(
+                "SELECT 1 FROM seen WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3
+                 AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.rule_id = ?1 AND t.key = ?2 AND t.version_id = ?3
+                                 AND t.migration_id IS NULL)",
+                params![rule_id, key, version_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
     /// Leases the next runnable task: queued, due, of an enabled rule, and with no earlier
     /// unfinished task for the same key (per-key order).
     pub fn claim(&self, now: i64) -> Result<Option<Task>> {
@@ -529,10 +551,10 @@ impl Store {
                      AND (t.migration_id IS NULL OR EXISTS (
                           SELECT 1 FROM migrations m WHERE m.id = t.migration_id AND m.control = 'run'))
                      AND NOT EXISTS (SELECT 1 FROM tasks e WHERE e.rule_id = t.rule_id AND e.key = t.key
-                                     AND e.id < t.id AND (e.state = 'running' OR (e.state = 'queued' AND (
-                                         e.migration_id IS NULL OR EXISTS (SELECT 1 FROM migrations m
+                                     AND e.id != t.id AND (e.state = 'running' OR (e.id < t.id AND e.state = 'queued'
+                                         AND (e.migration_id IS NULL OR EXISTS (SELECT 1 FROM migrations m
                                              WHERE m.id = e.migration_id AND m.control = 'run')))))
-                     ORDER BY id LIMIT 1"
+                     ORDER BY (t.migration_id IS NOT NULL), id LIMIT 1"
                 ),
                 [now],
                 task_from_row,
@@ -781,6 +803,12 @@ impl Store {
     ) -> Result<()> {
         let mut db = self.db();
         let tx = db.transaction()?;
+        // A page listed while the migration was being paused or cancelled is not queued; a
+        // resumed listing fetches it again from the saved position.
+        let control: String = tx.query_row("SELECT control FROM migrations WHERE id = ?1", [m.id], |r| r.get(0))?;
+        if control != "run" {
+            return Ok(());
+        }
         let now = now_ms();
         let mut bytes = 0i64;
         {
@@ -831,8 +859,7 @@ impl Store {
             "SELECT COALESCE(SUM(state = 'done'), 0), COALESCE(SUM(CASE WHEN state = 'done' THEN size END), 0),
                     COALESCE(SUM(state = 'skipped'), 0), COALESCE(SUM(CASE WHEN state = 'skipped' THEN size END), 0),
                     COALESCE(SUM(state = 'failed'), 0), COALESCE(SUM(state IN ('queued', 'running')), 0),
-                    COALESCE(SUM(CASE WHEN state = 'done' AND updated_at >= ?2 THEN size END), 0),
-                    COALESCE(MIN(CASE WHEN state = 'done' AND updated_at >= ?2 THEN updated_at END), 0)
+                    COALESCE(SUM(CASE WHEN state = 'done' AND updated_at >= ?2 THEN size END), 0)
              FROM tasks WHERE migration_id = ?1",
             params![m.id, since],
             |r| {
@@ -844,7 +871,6 @@ impl Store {
                     failed_objects: r.get(4)?,
                     pending_objects: r.get(5)?,
                     recent_bytes: r.get(6)?,
-                    recent_since: r.get(7)?,
                     ..Default::default()
                 })
             },
@@ -887,16 +913,41 @@ impl Store {
 
     // ---- multipart ---------------------------------------------------------------------------
 
-    pub fn set_upload(&self, task_id: i64, upload_id: Option<&str>) -> Result<()> {
-        let db = self.db();
-        db.execute(
-            "UPDATE tasks SET upload_id = ?2 WHERE id = ?1",
-            params![task_id, upload_id],
+    /// Records the task's multipart upload and its part size (or forgets it: `None`); the
+    /// parts recorded for an earlier upload are forgotten either way.
+    pub fn set_upload(&self, task_id: i64, upload: Option<(&str, u64)>) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        tx.execute(
+            "UPDATE tasks SET upload_id = ?2, upload_part_size = ?3 WHERE id = ?1",
+            params![task_id, upload.map(|u| u.0), upload.map(|u| u.1 as i64)],
         )?;
-        if upload_id.is_none() {
-            db.execute("DELETE FROM parts WHERE task_id = ?1", [task_id])?;
-        }
+        tx.execute("DELETE FROM parts WHERE task_id = ?1", [task_id])?;
+        tx.commit()?;
         Ok(())
+    }
+
+    /// The part size the task's open upload was started with.
+    pub fn upload_part_size(&self, task_id: i64) -> Result<Option<u64>> {
+        Ok(self
+            .db()
+            .query_row("SELECT upload_part_size FROM tasks WHERE id = ?1", [task_id], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .optional()?
+            .flatten()
+            .map(|v| v as u64))
+    }
+
+    /// Whether the task is still running (not dropped by a disable or cancel meanwhile).
+    pub fn is_running(&self, task_id: i64) -> Result<bool> {
+        Ok(self
+            .db()
+            .query_row("SELECT state = 'running' FROM tasks WHERE id = ?1", [task_id], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or(false))
     }
 
     pub fn tasks_upload(&self, task_id: i64) -> Result<Option<String>> {
@@ -1011,6 +1062,7 @@ mod tests {
 
     fn change(key: &str, v: &str) -> NewChange {
         NewChange {
+            queue: true,
             kind: TaskKind::Put,
             key: key.into(),
             version_id: v.into(),
@@ -1039,6 +1091,26 @@ mod tests {
         assert!(s.claim(now_ms()).unwrap().is_none());
         s.complete(&first, Some("d1"), 1).unwrap();
         assert_eq!(s.claim(now_ms()).unwrap().unwrap().version_id, "v2");
+    }
+
+    #[test]
+    fn an_older_task_waits_while_a_newer_one_of_its_key_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let g = s.begin_enable("r", "scope", "sh/b").unwrap();
+        s.finish_enable("r", 1).unwrap();
+        s.queue_new("r", g, &[change("a", "v1"), change("a", "v2")]).unwrap();
+        let v1 = s.claim(now_ms()).unwrap().unwrap();
+        s.fail(v1.id, "boom").unwrap();
+        let v2 = s.claim(now_ms()).unwrap().unwrap();
+        assert_eq!(v2.version_id, "v2");
+        // v1 is retried while v2 still runs: it must not run beside it (it could finish last).
+        assert_eq!(s.retry_failed(None, &[v1.id]).unwrap(), 1);
+        assert!(s.claim(now_ms()).unwrap().is_none());
+        s.complete(&v2, Some("d2"), 1).unwrap();
+        let again = s.claim(now_ms()).unwrap().unwrap();
+        assert_eq!(again.version_id, "v1");
+        assert!(s.superseded(&again).unwrap(), "v1 is older than the replicated v2");
     }
 
     #[test]
