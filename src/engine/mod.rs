@@ -480,8 +480,15 @@ impl Engine {
             let claimed = self.store.claim(now_ms());
             match claimed {
                 Ok(Some(task)) => {
+                    let id = task.id;
                     if let Err(e) = self.run_task(task).await {
-                        tracing::error!(error = %format!("{e:#}"), "state store error while finishing a task");
+                        tracing::error!(error = %format!("{e:#}"), task = id, "state store error while running a task");
+                        // Give it back (it stays interrupted) rather than leave it running.
+                        self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                        self.progress.finish(id);
+                        if let Err(e) = self.store.release(id) {
+                            tracing::error!(error = %format!("{e:#}"), task = id, "could not requeue the task");
+                        }
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
