@@ -508,19 +508,6 @@ impl Store {
         Ok(queued)
     }
 
-    /// Whether this version is already known to the rule (baseline or queued before).
-    pub fn is_seen(&self, rule_id: &str, key: &str, version_id: &str) -> Result<bool> {
-        Ok(self
-            .db()
-            .query_row(
-                "SELECT 1 FROM seen WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3",
-                params![rule_id, key, version_id],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
-    }
-
     /// Whether this version is in the rule's baseline: seen at the enable point, and never
     /// queued for real-time replication.
     pub fn is_baseline(&self, rule_id: &str, key: &str, version_id: &str) -> Result<bool> {
