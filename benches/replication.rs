@@ -56,7 +56,7 @@ async fn bandwidth_windows() {
         }
         // Sending only: while the copy runs, up to the sample that shows every byte sent
         // (completing and verifying the upload come after it).
-        let copy = snapshots.borrow_and_update().tasks.first().cloned();
+        let copy = snapshots.borrow_and_update().running.first().cloned();
         if let Some(copy) = copy
             && samples.last().is_none_or(|(_, b)| *b < size as u64)
         {

@@ -142,11 +142,12 @@ fn main() -> ExitCode {
             Command::Rule(RuleCommand::Enable { id }) => cli::rule_set(&rt_paths, &id, true).await,
             Command::Rule(RuleCommand::Disable { id }) => cli::rule_set(&rt_paths, &id, false).await,
             Command::Migrate(m) => {
+                use crr::engine::MigrateAction;
                 let (action, id) = match m {
-                    MigrateCommand::Start { id } => ("start", id),
-                    MigrateCommand::Pause { id } => ("pause", id),
-                    MigrateCommand::Resume { id } => ("resume", id),
-                    MigrateCommand::Cancel { id } => ("cancel", id),
+                    MigrateCommand::Start { id } => (MigrateAction::Start, id),
+                    MigrateCommand::Pause { id } => (MigrateAction::Pause, id),
+                    MigrateCommand::Resume { id } => (MigrateAction::Resume, id),
+                    MigrateCommand::Cancel { id } => (MigrateAction::Cancel, id),
                 };
                 cli::migrate(&rt_paths, action, &id).await
             }

@@ -273,7 +273,7 @@ async fn running_copies_publish_their_progress_on_the_snapshot() {
             .await
             .is_ok()
         {
-            seen.extend(snapshots.borrow_and_update().tasks.clone());
+            seen.extend(snapshots.borrow_and_update().running.clone());
         }
     }
     let summary = run.await.expect("join").expect("run");
@@ -348,8 +348,14 @@ async fn a_paused_migration_does_not_hold_back_the_last_sync_point() {
     let engine = setup(&env, &[config_rule()]).await;
     put(&env.gz, "src-bucket", "old.txt", "before the enable point").await;
     engine.reconcile(None).await.expect("reconcile");
-    engine.migrate_command("start", "big").await.expect("migration starts");
-    engine.migrate_command("pause", "big").await.expect("migration pauses");
+    engine
+        .migrate_command(crr::engine::MigrateAction::Start, "big")
+        .await
+        .expect("migration starts");
+    engine
+        .migrate_command(crr::engine::MigrateAction::Pause, "big")
+        .await
+        .expect("migration pauses");
     // Give the paused migration a pending task, as if its listing had run before the pause.
     let m = engine.store.latest_migration("big").expect("store").expect("migration");
     let old = crr::store::NewChange {

@@ -5,9 +5,10 @@ mod output;
 
 use crate::Invalid;
 use crate::config::{self, Config, ConfigErrors};
-use crate::engine::{Engine, preflight};
+use crate::engine::client::ServiceClient;
+use crate::engine::{Command, Engine, EngineHandle, Event, MigrateAction, Reply, RetryTarget, preflight, service};
 use crate::s3::Clients;
-use crate::store::{EngineLock, LockHeld, Store};
+use crate::store::{EngineLock, Store};
 use anyhow::{Context, Result};
 use std::future::Future;
 use std::path::PathBuf;
@@ -98,6 +99,87 @@ async fn open_engine(paths: &Paths, config: Config) -> Result<Arc<Engine>> {
     }
 }
 
+/// An engine to send a command to: the service running on the state directory (`crr serve`, a
+/// `crr run --once`, or the UI), found through its socket; else one opened here for the purpose.
+pub enum Driver {
+    Attached { handle: EngineHandle, pid: u32 },
+    Embedded { handle: EngineHandle, engine: Arc<Engine> },
+}
+
+impl Driver {
+    pub fn handle(&self) -> &EngineHandle {
+        match self {
+            Driver::Attached { handle, .. } | Driver::Embedded { handle, .. } => handle,
+        }
+    }
+
+    /// Connects to the running service, or opens the engine here. Only the socket is probed, so
+    /// a service that is starting is never disturbed: if one holds the lock but does not answer
+    /// yet, this waits for its socket.
+    pub async fn connect(paths: &Paths) -> Result<Driver> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(client) = ServiceClient::connect(&paths.state).await? {
+                let pid = client.pid;
+                return Ok(Driver::Attached {
+                    handle: client.into_handle().await?,
+                    pid,
+                });
+            }
+            match EngineLock::acquire(&paths.state)? {
+                Ok(lock) => {
+                    init_log(paths)?;
+                    let engine = Engine::open_locked(load(paths)?, &paths.state, lock).await?;
+                    return Ok(Driver::Embedded {
+                        handle: engine.handle(),
+                        engine,
+                    });
+                }
+                Err(held) if tokio::time::Instant::now() > deadline => {
+                    anyhow::bail!(
+                        "the crr engine (pid {}) holds the state directory {} but does not answer on its socket {}; see {}",
+                        held.pid,
+                        paths.state.display(),
+                        paths.state.join(service::SOCKET).display(),
+                        paths.state.join("crr.log").display()
+                    );
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+
+    /// Sends a command, prints its answer, and turns a refusal into exit status 2.
+    async fn command(&self, command: Command) -> Result<String> {
+        let reply = self.handle().send(command).await;
+        if let Driver::Attached { pid, .. } = self {
+            println!("applied by the running engine (pid {pid}):");
+        }
+        match reply {
+            Reply::Done { message } => {
+                for line in message.lines().filter(|l| !l.is_empty()) {
+                    println!("{line}");
+                }
+                Ok(message)
+            }
+            Reply::Refused { reason, fix } => {
+                eprintln!("refused: {reason}");
+                if !fix.is_empty() {
+                    eprintln!("{fix}");
+                }
+                Err(Invalid("nothing was changed".into()).into())
+            }
+        }
+    }
+
+    /// Lets an engine opened here finish what the command left (aborting uploads).
+    async fn finish(self) {
+        if let Driver::Embedded { engine, .. } = self {
+            engine.sweep_uploads().await;
+        }
+    }
+}
+
 /// The rule with this id, or an error that lists the ids there are.
 fn find_rule<'a>(config: &'a Config, id: &str) -> Result<&'a crate::config::Rule> {
     config.rule(id).ok_or_else(|| {
@@ -158,6 +240,8 @@ pub async fn check(paths: &Paths) -> Result<u8> {
 pub async fn run_once(paths: &Paths) -> Result<u8> {
     let config = load(paths)?;
     let engine = open_engine(paths, config).await?;
+    // Commands from other `crr` invocations reach this run too.
+    let _socket = service::listen(engine.handle(), &paths.state)?;
     let rec = engine.reconcile(None).await?;
     for m in &rec.messages {
         println!("{m}");
@@ -201,12 +285,7 @@ pub async fn run_once(paths: &Paths) -> Result<u8> {
 pub async fn serve(paths: &Paths) -> Result<u8> {
     let config = load(paths)?;
     let engine = open_engine(paths, config).await?;
-    let rec = engine.reconcile(None).await?;
-    for m in &rec.messages {
-        println!("{m}");
-        tracing::info!("{m}");
-    }
-    print_refusals(&rec.refused);
+    let _socket = service::listen(engine.handle(), &paths.state)?;
     let shutdown = CancellationToken::new();
     let signals = shutdown.clone();
     tokio::spawn(async move {
@@ -226,9 +305,24 @@ pub async fn serve(paths: &Paths) -> Result<u8> {
         tracing::info!("signal received");
         signals.cancel();
     });
+    // A signal is honoured while the rules are being applied too (a baseline listing can be long).
+    tokio::select! {
+        rec = engine.reconcile(None) => {
+            let rec = rec?;
+            for m in &rec.messages {
+                println!("{m}");
+            }
+            print_refusals(&rec.refused);
+        }
+        _ = shutdown.cancelled() => {
+            println!("crr serve: stopped before the rules were applied; they are applied on the next start");
+            return Ok(0);
+        }
+    }
     println!(
-        "crr serve: replicating; logs in {}; stop with SIGINT or SIGTERM",
-        paths.state.join("crr.log").display()
+        "crr serve: replicating; logs in {}; commands on {}; stop with SIGINT or SIGTERM",
+        paths.state.join("crr.log").display(),
+        paths.state.join(service::SOCKET).display()
     );
     engine.serve(shutdown).await?;
     println!("crr serve: stopped");
@@ -239,8 +333,12 @@ pub async fn serve(paths: &Paths) -> Result<u8> {
 
 pub async fn status(paths: &Paths, json: bool) -> Result<u8> {
     let config = load(paths)?;
-    let store = Store::open(&paths.state)?;
-    let rows = output::status_rows(&config, &store)?;
+    // The running engine's live snapshot (copies in flight included), else the state store's.
+    let snapshot = match ServiceClient::connect(&paths.state).await? {
+        Some(client) => client.snapshot().await?,
+        None => crate::engine::offline_snapshot(&config, &Store::open(&paths.state)?)?,
+    };
+    let rows = output::status_rows(&snapshot);
     if json {
         println!(
             "{}",
@@ -259,38 +357,41 @@ pub async fn queue(paths: &Paths, failed_only: bool, json: bool) -> Result<u8> {
     } else {
         &["running", "queued", "failed"]
     };
-    let tasks = store.tasks_in(states, 10_000)?;
+    let mut tasks = store.tasks_in(states, 10_000)?;
+    if let Some(client) = ServiceClient::connect(&paths.state).await? {
+        // Bytes sent by copies in flight, as they are now.
+        let live = client.snapshot().await?;
+        for t in tasks.iter_mut() {
+            if let Some(r) = live.running.iter().find(|r| r.task_id == t.id) {
+                t.bytes_done = r.bytes_done;
+            }
+        }
+    }
     output::print_tasks(&tasks, json)?;
     Ok(0)
 }
 
 pub async fn retry(paths: &Paths, ids: Vec<i64>, rule: Option<String>, all: bool) -> Result<u8> {
-    if ids.is_empty() && rule.is_none() && !all {
-        return Err(Invalid(
-            "say which failed tasks to retry: TASK ids, --rule ID or --all (see `crr queue --failed`)".into(),
-        )
-        .into());
-    }
-    let store = Store::open(&paths.state)?;
-    let n = store.retry_failed(rule.as_deref(), &ids)?;
-    if !ids.is_empty() && n < ids.len() {
-        let msg = format!(
-            "{} of the {} task(s) given are not failed tasks (see `crr queue --failed` for their ids)",
-            ids.len() - n,
-            ids.len()
-        );
-        if n == 0 {
-            return Err(Invalid(format!("{msg}; nothing was queued again")).into());
+    let target = match (ids.is_empty(), rule, all) {
+        (false, _, _) => RetryTarget::Tasks { ids },
+        (true, Some(id), _) => RetryTarget::Rule { id },
+        (true, None, true) => RetryTarget::All,
+        (true, None, false) => {
+            return Err(Invalid(
+                "say which failed tasks to retry: TASK ids, --rule ID or --all (see `crr queue --failed`)".into(),
+            )
+            .into());
         }
-        eprintln!("warning: {msg}");
-    }
-    println!("{n} failed task(s) queued again");
-    if EngineLock::held_by_other(&paths.state)?.is_some() {
-        store.post_command("wake", "")?;
+    };
+    let driver = Driver::connect(paths).await?;
+    let attached = matches!(driver, Driver::Attached { .. });
+    driver.command(Command::Retry { target }).await?;
+    if attached {
         println!("the running engine picks them up now");
-    } else if n > 0 {
+    } else {
         println!("they run on the next `crr run --once` or while `crr serve` runs");
     }
+    driver.finish().await;
     Ok(0)
 }
 
@@ -303,105 +404,63 @@ pub async fn rule_list(paths: &Paths) -> Result<u8> {
     Ok(0)
 }
 
-/// Enables or disables a rule: the config file is rewritten (comments kept), then the change
-/// is applied by the running engine if there is one, else here and now.
+/// Enables or disables a rule through the engine (the running service, or one opened here):
+/// preflight first, then the config file is rewritten (comments kept) and the change applied.
 pub async fn rule_set(paths: &Paths, id: &str, enable: bool) -> Result<u8> {
     let config = load(paths)?;
-    let rule = find_rule(&config, id)?;
-    if enable {
-        let clients = Clients::connect(&config).await;
-        let refused = preflight::check_rule(&clients, rule).await;
-        if !refused.is_empty() {
-            print_refusals(&refused);
-            return Err(Invalid(format!("rule {id:?} was not enabled; the config is unchanged")).into());
-        }
-        for w in preflight::warnings(rule) {
-            println!("warning: {w}");
-        }
-    }
-    if rule.enabled != enable {
-        config::set_rule_enabled(&paths.config, id, enable)?;
-        println!("{}: rule {id:?} set to enabled = {enable}", paths.config.display());
-    }
-    let outcome = apply(paths, "reconcile", id, |engine| async move {
-        let rec = engine.reconcile(Some(id)).await?;
-        let mut lines = rec.messages;
-        lines.extend(rec.refused.iter().map(|r| format!("refused: {r}")));
-        Ok(lines.join("\n"))
-    })
-    .await?;
-    if outcome.trim().is_empty() {
-        println!("rule {id:?} is already {}", if enable { "enabled" } else { "disabled" });
-    }
-    Ok(0)
-}
-
-/// Applies a change to the engine: the running one (`crr serve` or the UI) through the state
-/// store, within a second, or else one opened here for the purpose. Prints the engine's answer
-/// line by line and returns it; an answer with a refusal is an error (exit 2).
-async fn apply<F, Fut>(paths: &Paths, kind: &str, arg: &str, direct: F) -> Result<String>
-where
-    F: FnOnce(Arc<Engine>) -> Fut,
-    Fut: Future<Output = Result<String>>,
-{
-    let answer = match EngineLock::acquire(&paths.state)? {
-        Err(LockHeld { pid, .. }) => {
-            let store = Store::open(&paths.state)?;
-            let cmd = store.post_command(kind, arg)?;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-            loop {
-                if let Some(result) = store.command_result(cmd)? {
-                    println!("applied by the running engine (pid {pid}):");
-                    break result;
+    find_rule(&config, id)?;
+    let driver = Driver::connect(paths).await?;
+    let mut events = driver.handle().events();
+    let command = if enable {
+        Command::EnableRule { id: id.to_string() }
+    } else {
+        Command::DisableRule { id: id.to_string() }
+    };
+    let answer = driver.command(command).await?;
+    if enable && !answer.contains("already enabled") {
+        // Enabling runs preflight and lists the baseline: its outcome comes as an event.
+        loop {
+            match events.recv().await {
+                Ok(Event::RuleEnabled { rule, message, .. }) if rule == id => {
+                    println!("{message}");
+                    break;
                 }
-                if tokio::time::Instant::now() > deadline {
-                    anyhow::bail!(
-                        "the running engine (pid {pid}) has not answered within 15 seconds; it applies the change when it next polls (see {})",
-                        paths.state.join("crr.log").display()
-                    );
+                Ok(Event::RuleRefused { rule, reasons }) if rule == id => {
+                    for r in reasons {
+                        eprintln!("refused: rule {id:?}: {r}");
+                    }
+                    return Err(Invalid(format!("rule {id:?} was not enabled; the config is unchanged")).into());
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok(Event::Notice { message }) => println!("{message}"),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => anyhow::bail!(
+                    "the engine stopped before rule {id:?} was enabled; see {}",
+                    paths.state.join("crr.log").display()
+                ),
             }
         }
-        Ok(lock) => {
-            drop(lock);
-            let config = load(paths)?;
-            let engine = open_engine(paths, config).await?;
-            direct(engine).await?
-        }
-    };
-    let mut refused = false;
-    for line in answer.lines().filter(|l| !l.is_empty()) {
-        if let Some(r) = line.strip_prefix("refused: ") {
-            eprintln!("refused: {r}");
-            refused = true;
-        } else if let Some(e) = line.strip_prefix("error: ") {
-            anyhow::bail!("{e}");
-        } else {
-            println!("{line}");
-        }
     }
-    if refused {
-        return Err(Invalid("nothing was changed".into()).into());
-    }
-    Ok(answer)
+    driver.finish().await;
+    Ok(0)
 }
 
 // ---- migrate, diff ----------------------------------------------------------------------------
 
-pub async fn migrate(paths: &Paths, action: &str, id: &str) -> Result<u8> {
+pub async fn migrate(paths: &Paths, action: MigrateAction, id: &str) -> Result<u8> {
     find_rule(&load(paths)?, id)?;
-    let running = EngineLock::held_by_other(&paths.state)?.is_some();
-    apply(paths, "migrate", &format!("{action} {id}"), |engine| async move {
-        Ok(match engine.migrate_command(action, id).await {
-            Ok(m) => m,
-            Err(m) => format!("refused: {m}"),
+    let driver = Driver::connect(paths).await?;
+    let embedded = matches!(driver, Driver::Embedded { .. });
+    driver
+        .command(Command::Migrate {
+            id: id.to_string(),
+            action,
         })
-    })
-    .await?;
-    if !running && matches!(action, "start" | "resume") {
+        .await?;
+    if embedded && matches!(action, MigrateAction::Start | MigrateAction::Resume) {
         println!("it runs with `crr run --once` or while `crr serve` runs; follow it with `crr status`");
     }
+    driver.finish().await;
     Ok(0)
 }
 

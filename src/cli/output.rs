@@ -2,7 +2,8 @@
 
 use crate::config::units::human_bytes;
 use crate::config::{Config, Operations};
-use crate::store::{Store, Task, TaskKind, now_ms, rfc3339};
+use crate::engine::Snapshot;
+use crate::store::{Store, Task, TaskKind, rfc3339};
 use anyhow::Result;
 use serde_json::{Value, json};
 
@@ -21,56 +22,48 @@ pub fn kind(t: &Task) -> &'static str {
 }
 
 /// One JSON object per rule, in the shape of DESIGN section 7.
-pub fn status_rows(config: &Config, store: &Store) -> Result<Vec<Value>> {
-    let mut rows = Vec::new();
-    let now = now_ms();
-    for rule in &config.rules {
-        let state = store.rule_state(&rule.id)?.unwrap_or_default();
-        let backlog = store.backlog(&rule.id)?;
-        let migration = match store.latest_migration(&rule.id)? {
-            None => Value::Null,
-            Some(m) => {
-                let f = store.migration_figures(&m)?;
-                json!({
-                    "state": f.state(),
-                    "percent": f.percent(),
-                    "total_objects": f.total_objects,
-                    "done_objects": f.done_objects,
-                    "total_bytes": f.total_bytes,
-                    "done_bytes": f.done_bytes,
-                    "skipped_objects": f.skipped_objects,
-                    "failed_objects": f.failed_objects,
-                    "listing_complete": f.listing_done,
+pub fn status_rows(snapshot: &Snapshot) -> Vec<Value> {
+    snapshot
+        .rules
+        .iter()
+        .map(|r| {
+            let migration = match &r.migration {
+                None => Value::Null,
+                Some(m) => json!({
+                    "state": m.state,
+                    "percent": m.percent,
+                    "total_objects": m.total_objects,
+                    "done_objects": m.done_objects,
+                    "total_bytes": m.total_bytes,
+                    "done_bytes": m.done_bytes,
+                    "skipped_objects": m.skipped_objects,
+                    "failed_objects": m.failed_objects,
+                    "listing_complete": m.listing_complete,
                     "started_at": rfc3339(m.started_at),
-                    "throughput_bytes_per_sec": f.throughput(now).round() as u64,
-                    "eta_seconds": f.eta_seconds(now),
-                })
-            }
-        };
-        let lag = match (state.state.as_str(), state.last_sync_point) {
-            ("enabled", Some(t)) => Value::from((now - t).max(0) / 1000),
-            _ => Value::Null,
-        };
-        rows.push(json!({
-            "id": rule.id,
-            "enabled": rule.enabled,
-            "state": if state.state.is_empty() { "new".to_string() } else { state.state.clone() },
-            "source": rule.source.to_string(),
-            "destination": rule.destination.to_string(),
-            "prefixes": rule.prefixes,
-            "operations": ops(rule.operations),
-            "enable_point": state.enable_point.map(rfc3339),
-            "last_sync_point": state.last_sync_point.map(rfc3339),
-            "pending_tasks": backlog.pending_tasks,
-            "pending_bytes": backlog.pending_bytes,
-            "failed_tasks": backlog.failed_tasks,
-            "replicated_objects": state.replicated_objects,
-            "replicated_bytes": state.replicated_bytes,
-            "lag_seconds": lag,
-            "migration": migration,
-        }));
-    }
-    Ok(rows)
+                    "throughput_bytes_per_sec": m.throughput_bytes_per_sec,
+                    "eta_seconds": m.eta_seconds,
+                }),
+            };
+            json!({
+                "id": r.id,
+                "enabled": r.enabled,
+                "state": r.state,
+                "source": r.source,
+                "destination": r.destination,
+                "prefixes": r.prefixes,
+                "operations": r.operations,
+                "enable_point": r.enable_point.map(rfc3339),
+                "last_sync_point": r.last_sync_point.map(rfc3339),
+                "pending_tasks": r.backlog_objects,
+                "pending_bytes": r.backlog_bytes,
+                "failed_tasks": r.failed,
+                "replicated_objects": r.replicated_objects,
+                "replicated_bytes": r.replicated_bytes,
+                "lag_seconds": r.lag_seconds,
+                "migration": migration,
+            })
+        })
+        .collect()
 }
 
 fn s(v: &Value) -> String {

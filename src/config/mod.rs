@@ -5,7 +5,7 @@ mod edit;
 pub mod units;
 mod validate;
 
-pub use edit::set_rule_enabled;
+pub use edit::{RuleDraft, set_rule_enabled, with_rule_enabled, with_rule_saved, without_rule, write_atomically};
 pub use validate::{MAX_PREFIXES, overlaps};
 
 use serde::Deserialize;

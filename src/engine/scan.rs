@@ -59,7 +59,7 @@ where
 }
 
 /// Records everything in scope now as the rule's baseline. Returns how many versions.
-pub async fn baseline(src: &S3, rule: &Rule, store: &Store) -> Result<usize> {
+pub async fn baseline(src: &S3, rule: &Rule, generation: i64, store: &Store) -> Result<usize> {
     let mut batch: Vec<(String, String)> = Vec::new();
     let mut total = 0;
     list_scope(src, rule, |group| {
@@ -68,14 +68,14 @@ pub async fn baseline(src: &S3, rule: &Rule, store: &Store) -> Result<usize> {
         }
         if batch.len() >= 1000 {
             total += batch.len();
-            store.add_baseline(&rule.id, &batch)?;
+            store.add_baseline(&rule.id, generation, &batch)?;
             batch.clear();
         }
         Ok(())
     })
     .await?;
     total += batch.len();
-    store.add_baseline(&rule.id, &batch)?;
+    store.add_baseline(&rule.id, generation, &batch)?;
     Ok(total)
 }
 

@@ -12,6 +12,8 @@ use aws_sdk_s3::types::BucketVersioningStatus;
 use std::collections::HashMap;
 use std::time::Duration;
 
+pub mod health;
+
 /// One S3 error, reduced to what the engine decides on and what an operator reads.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{message}")]
@@ -82,7 +84,7 @@ where
 }
 
 /// An error and its causes on one line, without the debug dumps.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -110,9 +112,14 @@ pub struct Clients(pub HashMap<String, S3>);
 
 impl Clients {
     pub async fn connect(config: &Config) -> Clients {
+        Self::connect_observed(config, None).await
+    }
+
+    /// Clients whose every request attempt is recorded in `health`.
+    pub async fn connect_observed(config: &Config, health: Option<&health::Health>) -> Clients {
         let mut map = HashMap::new();
         for ep in &config.endpoints {
-            map.insert(ep.name.clone(), S3::connect(ep).await);
+            map.insert(ep.name.clone(), S3::connect(ep, health).await);
         }
         Clients(map)
     }
@@ -125,7 +132,7 @@ impl Clients {
 }
 
 impl S3 {
-    pub async fn connect(ep: &Endpoint) -> S3 {
+    pub async fn connect(ep: &Endpoint, health: Option<&health::Health>) -> S3 {
         let mut loader =
             aws_config::defaults(aws_config::BehaviorVersion::latest()).region(Region::new(ep.region.clone()));
         if let Some(profile) = &ep.profile {
@@ -152,6 +159,9 @@ impl S3 {
             );
         if let Some(url) = &ep.url {
             builder = builder.endpoint_url(url);
+        }
+        if let Some(h) = health {
+            builder = builder.interceptor(h.observer(&ep.name));
         }
         S3 {
             endpoint: ep.name.clone(),

@@ -1,11 +1,14 @@
 //! The durable state in `STATE_DIR/crr.db` (SQLite, WAL): each rule's enable point and counters,
 //! the versions each rule has already seen, the task queue, multipart progress, scans (from
-//! which the last sync point follows) and commands posted to a running engine.
+//! which the last sync point follows).
 //! Credentials never enter it.
 
 mod lock;
+pub mod tally;
 
 pub use lock::{EngineLock, LockHeld};
+pub use tally::{Count, State, Tally};
+use tally::{Tallies, TallyKey};
 
 use anyhow::{Context, Result};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -72,6 +75,7 @@ CREATE TABLE IF NOT EXISTS migrations (
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, id);
 CREATE INDEX IF NOT EXISTS tasks_by_key ON tasks (rule_id, key, id);
 CREATE INDEX IF NOT EXISTS tasks_by_rule ON tasks (rule_id, state, id);
+CREATE INDEX IF NOT EXISTS tasks_with_upload ON tasks (id) WHERE upload_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS parts (
     task_id INTEGER NOT NULL,
     part_number INTEGER NOT NULL,
@@ -84,14 +88,6 @@ CREATE TABLE IF NOT EXISTS scans (
     generation INTEGER NOT NULL,
     started_at INTEGER NOT NULL,
     max_task_id INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS commands (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    arg TEXT NOT NULL,
-    created_at INTEGER NOT NULL,
-    applied_at INTEGER,
-    result TEXT
 );
 "#;
 
@@ -170,6 +166,15 @@ pub struct RuleState {
     pub last_sync_point: Option<i64>,
     pub replicated_objects: i64,
     pub replicated_bytes: i64,
+}
+
+/// What disabling a rule dropped.
+#[derive(Debug, Default)]
+pub struct Disabled {
+    /// Dropped tasks that had a multipart upload open, to abort.
+    pub uploads: Vec<Task>,
+    /// Queued, running and failed tasks dropped.
+    pub dropped: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -291,7 +296,56 @@ impl MigrationFigures {
 
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Task counts by rule, migration and state, moved by every method that moves a task.
+    tally: Mutex<Tallies>,
     pub dir: PathBuf,
+}
+
+/// Runs store work so that it never stalls the async runtime: on a multi-threaded runtime the
+/// calling worker hands its other tasks to another thread while SQLite works.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Counts moved by one statement: (whose tasks, from which state, how many, their bytes).
+type Moved = Vec<(TallyKey, State, i64, i64)>;
+
+/// Counts of the tasks matching `filter` (a WHERE clause with ?1), by rule, migration and state.
+fn count_where(tx: &rusqlite::Transaction, filter: &str, value: &dyn rusqlite::ToSql) -> Result<Moved> {
+    let mut st = tx.prepare(&format!(
+        "SELECT rule_id, migration_id, state, COUNT(*), COALESCE(SUM(size), 0) FROM tasks WHERE {filter}
+         GROUP BY rule_id, migration_id, state"
+    ))?;
+    let rows = st.query_map([value], |r| {
+        Ok((
+            (r.get::<_, String>(0)?, r.get::<_, Option<i64>>(1)?),
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (key, state, n, bytes) = row?;
+        if let Some(state) = State::parse(&state) {
+            out.push((key, state, n, bytes));
+        }
+    }
+    Ok(out)
+}
+
+/// Whose tally a task is in, and its size.
+fn task_tally_key(tx: &rusqlite::Connection, id: i64) -> Result<Option<(TallyKey, i64)>> {
+    Ok(tx
+        .query_row(
+            "SELECT rule_id, migration_id, size FROM tasks WHERE id = ?1",
+            [id],
+            |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)),
+        )
+        .optional()?)
 }
 
 const TASK_COLUMNS: &str = "id, rule_id, generation, kind, key, version_id, size, etag, state, attempts, last_error, \
@@ -323,6 +377,19 @@ fn task_from_row(r: &rusqlite::Row) -> rusqlite::Result<Task> {
     })
 }
 
+/// Whether `generation` is the rule's current one and the rule is enabled: what a feed or a
+/// lister that began earlier checks, in the same transaction, before committing what it found.
+fn is_current(tx: &rusqlite::Transaction, rule_id: &str, generation: i64) -> Result<bool> {
+    Ok(tx
+        .query_row(
+            "SELECT 1 FROM rules WHERE rule_id = ?1 AND generation = ?2 AND state IN ('enabled', 'enabling')",
+            params![rule_id, generation],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
 /// Drops the queued, running and failed tasks where `column` (rule_id or migration_id) equals
 /// `value`, with their recorded parts. Returns those that had a multipart upload open, to abort.
 fn drop_unfinished(
@@ -330,8 +397,9 @@ fn drop_unfinished(
     column: &str,
     value: &dyn rusqlite::ToSql,
     reason: &str,
-) -> Result<Vec<Task>> {
+) -> Result<(Vec<Task>, Moved)> {
     let unfinished = format!("{column} = ?1 AND state IN ('queued', 'running', 'failed')");
+    let moved = count_where(tx, &unfinished, value)?;
     let uploads = {
         let mut st = tx.prepare(&format!(
             "SELECT {TASK_COLUMNS} FROM tasks WHERE {unfinished} AND upload_id IS NOT NULL"
@@ -347,7 +415,7 @@ fn drop_unfinished(
         &format!("UPDATE tasks SET state = 'dropped', last_error = ?2, updated_at = ?3 WHERE {unfinished}"),
         params![value, reason, now_ms()],
     )?;
-    Ok(uploads)
+    Ok((uploads, moved))
 }
 
 impl Store {
@@ -361,10 +429,55 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)
             .with_context(|| format!("preparing {}", path.display()))?;
-        Ok(Store {
+        let store = Store {
             conn: Mutex::new(conn),
+            tally: Mutex::new(Tallies::default()),
             dir: dir.to_path_buf(),
-        })
+        };
+        store.reload_tally()?;
+        Ok(store)
+    }
+
+    fn tallies(&self) -> MutexGuard<'_, Tallies> {
+        self.tally.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts every task once (at start, and after bulk changes).
+    fn reload_tally(&self) -> Result<()> {
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        let all = count_where(&tx, "?1", &1)?;
+        tx.commit()?;
+        let mut t = self.tallies();
+        t.clear();
+        for (key, state, n, bytes) in all {
+            t.set(key, state, Count { objects: n, bytes });
+        }
+        Ok(())
+    }
+
+    /// Moves counts from the states in `moved` to `to`.
+    fn apply_moved(&self, moved: &Moved, to: State) {
+        let mut t = self.tallies();
+        for (key, from, n, bytes) in moved {
+            t.shift(key, Some(*from), Some(to), *n, *bytes);
+        }
+    }
+
+    fn shift_task(&self, key: Option<(TallyKey, i64)>, from: State, to: State) {
+        if let Some((key, size)) = key {
+            self.tallies().shift(&key, Some(from), Some(to), 1, size);
+        }
+    }
+
+    /// The tasks of a rule's real-time replication (`migration: None`) or of one migration, by state.
+    pub fn tally(&self, rule: &str, migration: Option<i64>) -> Tally {
+        self.tallies().get(&(rule.to_string(), migration))
+    }
+
+    /// Every task of a rule, real time and migrations together, by state.
+    pub fn rule_tally(&self, rule: &str) -> Tally {
+        self.tallies().rule_total(rule)
     }
 
     fn db(&self) -> MutexGuard<'_, Connection> {
@@ -375,100 +488,119 @@ impl Store {
     // ---- rules ------------------------------------------------------------------------------
 
     pub fn rule_state(&self, id: &str) -> Result<Option<RuleState>> {
-        Ok(self
-            .db()
-            .query_row(
-                "SELECT rule_id, state, generation, scope, enable_point, disabled_at, last_sync_point,
+        blocking(|| {
+            Ok(self
+                .db()
+                .query_row(
+                    "SELECT rule_id, state, generation, scope, enable_point, disabled_at, last_sync_point,
                         replicated_objects, replicated_bytes, destination FROM rules WHERE rule_id = ?1",
-                [id],
-                |r| {
-                    Ok(RuleState {
-                        rule_id: r.get(0)?,
-                        state: r.get(1)?,
-                        generation: r.get(2)?,
-                        scope: r.get(3)?,
-                        enable_point: r.get(4)?,
-                        disabled_at: r.get(5)?,
-                        last_sync_point: r.get(6)?,
-                        replicated_objects: r.get(7)?,
-                        replicated_bytes: r.get(8)?,
-                        destination: r.get(9)?,
-                    })
-                },
-            )
-            .optional()?)
+                    [id],
+                    |r| {
+                        Ok(RuleState {
+                            rule_id: r.get(0)?,
+                            state: r.get(1)?,
+                            generation: r.get(2)?,
+                            scope: r.get(3)?,
+                            enable_point: r.get(4)?,
+                            disabled_at: r.get(5)?,
+                            last_sync_point: r.get(6)?,
+                            replicated_objects: r.get(7)?,
+                            replicated_bytes: r.get(8)?,
+                            destination: r.get(9)?,
+                        })
+                    },
+                )
+                .optional()?)
+        })
     }
 
     pub fn rule_ids(&self) -> Result<Vec<(String, String)>> {
-        let db = self.db();
-        let mut st = db.prepare("SELECT rule_id, state FROM rules ORDER BY rule_id")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        blocking(|| {
+            let db = self.db();
+            let mut st = db.prepare("SELECT rule_id, state FROM rules ORDER BY rule_id")?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     /// Starts (re-)enabling a rule: a new generation with an empty seen set.
     pub fn begin_enable(&self, id: &str, scope: &str, destination: &str) -> Result<i64> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        tx.execute(
-            "INSERT INTO rules (rule_id, state, generation, scope, destination) VALUES (?1, 'enabling', 1, ?2, ?3)
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            tx.execute(
+                "INSERT INTO rules (rule_id, state, generation, scope, destination) VALUES (?1, 'enabling', 1, ?2, ?3)
              ON CONFLICT (rule_id) DO UPDATE SET state = 'enabling', generation = generation + 1, scope = ?2,
              destination = ?3",
-            params![id, scope, destination],
-        )?;
-        tx.execute("DELETE FROM seen WHERE rule_id = ?1", [id])?;
-        tx.execute("DELETE FROM scans WHERE rule_id = ?1", [id])?;
-        let generation = tx.query_row("SELECT generation FROM rules WHERE rule_id = ?1", [id], |r| r.get(0))?;
-        tx.commit()?;
-        Ok(generation)
+                params![id, scope, destination],
+            )?;
+            tx.execute("DELETE FROM seen WHERE rule_id = ?1", [id])?;
+            tx.execute("DELETE FROM scans WHERE rule_id = ?1", [id])?;
+            let generation = tx.query_row("SELECT generation FROM rules WHERE rule_id = ?1", [id], |r| r.get(0))?;
+            tx.commit()?;
+            Ok(generation)
+        })
     }
 
     /// Records versions that existed at the enable point: they are never replicated in real time.
-    pub fn add_baseline(&self, id: &str, entries: &[(String, String)]) -> Result<()> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        {
-            let mut st =
-                tx.prepare_cached("INSERT OR IGNORE INTO seen (rule_id, key, version_id) VALUES (?1, ?2, ?3)")?;
-            for (key, version) in entries {
-                st.execute(params![id, key, version])?;
+    pub fn add_baseline(&self, id: &str, generation: i64, entries: &[(String, String)]) -> Result<()> {
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            if !is_current(&tx, id, generation)? {
+                anyhow::bail!("rule {id:?} changed while its baseline was being listed");
             }
-        }
-        tx.commit()?;
-        Ok(())
+            {
+                let mut st =
+                    tx.prepare_cached("INSERT OR IGNORE INTO seen (rule_id, key, version_id) VALUES (?1, ?2, ?3)")?;
+                for (key, version) in entries {
+                    st.execute(params![id, key, version])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
-    pub fn finish_enable(&self, id: &str, enable_point: i64) -> Result<()> {
-        self.db().execute(
-            "UPDATE rules SET state = 'enabled', enable_point = ?2, last_sync_point = ?2, disabled_at = NULL
-             WHERE rule_id = ?1",
-            params![id, enable_point],
-        )?;
-        Ok(())
+    /// Marks the rule enabled at `enable_point`, unless it changed since `generation` began.
+    pub fn finish_enable(&self, id: &str, generation: i64, enable_point: i64) -> Result<bool> {
+        blocking(|| {
+            Ok(self.db().execute(
+                "UPDATE rules SET state = 'enabled', enable_point = ?3, last_sync_point = ?3, disabled_at = NULL
+             WHERE rule_id = ?1 AND generation = ?2 AND state = 'enabling'",
+                params![id, generation, enable_point],
+            )? == 1)
+        })
     }
 
     /// Marks the rule disabled (or deleted) and drops its queued, running and failed tasks.
     /// Returns the dropped tasks that had a multipart upload open, so it can be aborted.
-    pub fn disable(&self, id: &str, new_state: &str) -> Result<Vec<Task>> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let now = now_ms();
-        // Unfinished migrations are cancelled (judged before their tasks are dropped); a
-        // completed one stays completed.
-        tx.execute(
-            "UPDATE migrations SET control = 'cancel', finished_at = ?2 WHERE rule_id = ?1 AND control != 'cancel'
+    pub fn disable(&self, id: &str, new_state: &str) -> Result<Disabled> {
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let now = now_ms();
+            // Unfinished migrations are cancelled (judged before their tasks are dropped); a
+            // completed one stays completed.
+            tx.execute(
+                "UPDATE migrations SET control = 'cancel', finished_at = ?2 WHERE rule_id = ?1 AND control != 'cancel'
              AND (listing_done = 0 OR EXISTS (SELECT 1 FROM tasks t
                  WHERE t.migration_id = migrations.id AND t.state IN ('queued', 'running', 'failed')))",
-            params![id, now],
-        )?;
-        let uploads = drop_unfinished(&tx, "rule_id", &id, "rule disabled")?;
-        tx.execute(
-            "INSERT INTO rules (rule_id, state, disabled_at) VALUES (?1, ?2, ?3)
+                params![id, now],
+            )?;
+            let (uploads, moved) = drop_unfinished(&tx, "rule_id", &id, "rule disabled")?;
+            tx.execute(
+                "INSERT INTO rules (rule_id, state, disabled_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (rule_id) DO UPDATE SET state = ?2, disabled_at = ?3",
-            params![id, new_state, now],
-        )?;
-        tx.commit()?;
-        Ok(uploads)
+                params![id, new_state, now],
+            )?;
+            tx.commit()?;
+            self.apply_moved(&moved, State::Dropped);
+            Ok(Disabled {
+                uploads,
+                dropped: moved.iter().map(|m| m.2).sum::<i64>() as u64,
+            })
+        })
     }
 
     // ---- changes and tasks -------------------------------------------------------------------
@@ -476,63 +608,83 @@ impl Store {
     /// Queues the changes not seen before, in the given order, together with marking them seen,
     /// in one transaction: a change is on disk before the scan moves past it.
     pub fn queue_new(&self, rule_id: &str, generation: i64, changes: &[NewChange]) -> Result<usize> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let mut queued = 0;
-        let now = now_ms();
-        {
-            let mut seen =
-                tx.prepare_cached("INSERT OR IGNORE INTO seen (rule_id, key, version_id) VALUES (?1, ?2, ?3)")?;
-            let mut ins = tx.prepare_cached(
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            if !is_current(&tx, rule_id, generation)? {
+                // Listed before the rule was disabled, re-enabled or re-scoped: that generation's
+                // changes are not this one's to queue (nor to mark seen).
+                return Ok(0);
+            }
+            let mut queued = 0;
+            let mut queued_bytes = 0i64;
+            let now = now_ms();
+            {
+                let mut seen =
+                    tx.prepare_cached("INSERT OR IGNORE INTO seen (rule_id, key, version_id) VALUES (?1, ?2, ?3)")?;
+                let mut ins = tx.prepare_cached(
                 "INSERT INTO tasks (rule_id, generation, kind, key, version_id, size, etag, source_time, state, created_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9)",
             )?;
-            for c in changes {
-                if seen.execute(params![rule_id, c.key, c.version_id])? == 1 && c.queue {
-                    ins.execute(params![
-                        rule_id,
-                        generation,
-                        c.kind.as_str(),
-                        c.key,
-                        c.version_id,
-                        c.size as i64,
-                        c.etag,
-                        c.source_time,
-                        now
-                    ])?;
-                    queued += 1;
+                for c in changes {
+                    if seen.execute(params![rule_id, c.key, c.version_id])? == 1 && c.queue {
+                        ins.execute(params![
+                            rule_id,
+                            generation,
+                            c.kind.as_str(),
+                            c.key,
+                            c.version_id,
+                            c.size as i64,
+                            c.etag,
+                            c.source_time,
+                            now
+                        ])?;
+                        queued += 1;
+                        queued_bytes += c.size as i64;
+                    }
                 }
             }
-        }
-        tx.commit()?;
-        Ok(queued)
+            tx.commit()?;
+            self.tallies().shift(
+                &(rule_id.to_string(), None),
+                None,
+                Some(State::Queued),
+                queued as i64,
+                queued_bytes,
+            );
+            Ok(queued)
+        })
     }
 
     /// Whether this version is in the rule's baseline: seen at the enable point, and never
     /// queued for real-time replication.
     pub fn is_baseline(&self, rule_id: &str, key: &str, version_id: &str) -> Result<bool> {
-        Ok(self
-            .db()
-            .query_row(
-                "SELECT 1 FROM seen WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3
+        blocking(|| {
+            Ok(self
+                .db()
+                .query_row(
+                    "SELECT 1 FROM seen WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3
                  AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.rule_id = ?1 AND t.key = ?2 AND t.version_id = ?3
-                                 AND t.migration_id IS NULL)",
-                params![rule_id, key, version_id],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
+                                 AND t.migration_id IS NULL
+                                 AND t.generation = (SELECT generation FROM rules WHERE rule_id = ?1))",
+                    params![rule_id, key, version_id],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some())
+        })
     }
 
     /// Leases the next runnable task: queued, due, of an enabled rule, and with no earlier
     /// unfinished task for the same key (per-key order).
     pub fn claim(&self, now: i64) -> Result<Option<Task>> {
-        let mut db = self.db();
-        let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let task = tx
-            .query_row(
-                &format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks t WHERE state = 'queued' AND not_before <= ?1
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let task = tx
+                .query_row(
+                    &format!(
+                        "SELECT {TASK_COLUMNS} FROM tasks t WHERE state = 'queued' AND not_before <= ?1
                      AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled'
                                  AND r.generation = t.generation)
                      AND (t.migration_id IS NULL OR EXISTS (
@@ -542,240 +694,382 @@ impl Store {
                                          AND (e.migration_id IS NULL OR EXISTS (SELECT 1 FROM migrations m
                                              WHERE m.id = e.migration_id AND m.control = 'run')))))
                      ORDER BY (t.migration_id IS NOT NULL), id LIMIT 1"
-                ),
-                [now],
-                task_from_row,
-            )
-            .optional()?;
-        if let Some(t) = &task {
-            tx.execute(
-                "UPDATE tasks SET state = 'running', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
-                params![t.id, now],
-            )?;
-        }
-        tx.commit()?;
-        Ok(task.map(|mut t| {
-            t.attempts += 1;
-            t.state = "running".into();
-            t
-        }))
+                    ),
+                    [now],
+                    task_from_row,
+                )
+                .optional()?;
+            if let Some(t) = &task {
+                tx.execute(
+                    "UPDATE tasks SET state = 'running', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
+                    params![t.id, now],
+                )?;
+            }
+            tx.commit()?;
+            if let Some(t) = &task {
+                self.tallies().shift(
+                    &(t.rule_id.clone(), t.migration_id),
+                    Some(State::Queued),
+                    Some(State::Running),
+                    1,
+                    t.size as i64,
+                );
+            }
+            Ok(task.map(|mut t| {
+                t.attempts += 1;
+                t.state = "running".into();
+                t
+            }))
+        })
     }
 
     /// Tasks left `running` by a process that died are queued again (their parts are kept),
     /// marked interrupted: their write may have landed, so the next run checks before copying.
     pub fn requeue_running(&self) -> Result<usize> {
-        Ok(self.db().execute(
-            "UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), interrupted = 1, updated_at = ?1
+        blocking(|| {
+            let n = self.db().execute(
+                "UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), interrupted = 1, updated_at = ?1
              WHERE state = 'running'",
-            [now_ms()],
-        )?)
+                [now_ms()],
+            )?;
+            if n > 0 {
+                self.reload_tally()?;
+            }
+            Ok(n)
+        })
     }
 
     /// Gives a task cut off by shutdown back to the queue without counting the attempt.
     pub fn release(&self, id: i64) -> Result<()> {
-        self.db().execute(
-            "UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), interrupted = 1, updated_at = ?2
+        blocking(|| {
+            self.move_running(
+                id,
+                State::Queued,
+                "UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), interrupted = 1, updated_at = ?2
              WHERE id = ?1 AND state = 'running'",
-            params![id, now_ms()],
-        )?;
+                params![id, now_ms()],
+            )
+        })
+    }
+
+    /// Runs `sql` (which moves the running task `id` to `to`) and moves its count if it did.
+    fn move_running(&self, id: i64, to: State, sql: &str, params: impl rusqlite::Params) -> Result<()> {
+        let db = self.db();
+        let key = task_tally_key(&db, id)?;
+        if db.execute(sql, params)? == 1 {
+            self.shift_task(key, State::Running, to);
+        }
         Ok(())
     }
 
     pub fn complete(&self, task: &Task, dest_version: Option<&str>, bytes: u64) -> Result<()> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let n = tx.execute(
-            "UPDATE tasks SET state = 'done', dest_version_id = ?2, last_error = NULL, updated_at = ?3
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let n = tx.execute(
+                "UPDATE tasks SET state = 'done', dest_version_id = ?2, last_error = NULL, updated_at = ?3
              WHERE id = ?1 AND state = 'running'",
-            params![task.id, dest_version, now_ms()],
-        )?;
-        if n == 1 {
-            tx.execute(
+                params![task.id, dest_version, now_ms()],
+            )?;
+            if n == 1 {
+                tx.execute(
                 "UPDATE rules SET replicated_objects = replicated_objects + 1, replicated_bytes = replicated_bytes + ?2
                  WHERE rule_id = ?1",
                 params![task.rule_id, bytes as i64],
             )?;
-        }
-        tx.execute("DELETE FROM parts WHERE task_id = ?1", [task.id])?;
-        tx.commit()?;
-        Ok(())
+            }
+            tx.execute("DELETE FROM parts WHERE task_id = ?1", [task.id])?;
+            tx.commit()?;
+            if n == 1 {
+                self.shift_task(
+                    Some(((task.rule_id.clone(), task.migration_id), task.size as i64)),
+                    State::Running,
+                    State::Done,
+                );
+            }
+            Ok(())
+        })
     }
 
     /// Ends a task without copying (`skipped`): the reason says why.
     pub fn skip(&self, id: i64, reason: &str) -> Result<()> {
-        self.db().execute(
+        blocking(|| {
+            self.move_running(
+            id,
+            State::Skipped,
             "UPDATE tasks SET state = 'skipped', last_error = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'running'",
             params![id, reason, now_ms()],
-        )?;
-        Ok(())
+        )
+        })
     }
 
     pub fn retry_later(&self, id: i64, error: &str, not_before: i64) -> Result<()> {
-        self.db().execute(
-            "UPDATE tasks SET state = 'queued', last_error = ?2, not_before = ?3, updated_at = ?4
+        blocking(|| {
+            self.move_running(
+                id,
+                State::Queued,
+                "UPDATE tasks SET state = 'queued', last_error = ?2, not_before = ?3, updated_at = ?4
              WHERE id = ?1 AND state = 'running'",
-            params![id, error, not_before, now_ms()],
-        )?;
-        Ok(())
+                params![id, error, not_before, now_ms()],
+            )
+        })
     }
 
     pub fn fail(&self, id: i64, error: &str) -> Result<()> {
-        self.db().execute(
+        blocking(|| {
+            self.move_running(
+            id,
+            State::Failed,
             "UPDATE tasks SET state = 'failed', last_error = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'running'",
             params![id, error, now_ms()],
-        )?;
-        Ok(())
+        )
+        })
     }
 
     /// Whether a later change of the same key has already been replicated: copying this one
     /// now would make an older version the destination's latest.
     pub fn superseded(&self, task: &Task) -> Result<bool> {
-        Ok(self
+        blocking(|| {
+            Ok(self
             .db()
             .query_row(
-                "SELECT 1 FROM tasks WHERE rule_id = ?1 AND key = ?2 AND id > ?3 AND state = 'done' LIMIT 1",
-                params![task.rule_id, task.key, task.id],
+                "SELECT 1 FROM tasks WHERE rule_id = ?1 AND key = ?2 AND (
+                    (id > ?3 AND state = 'done')
+                    -- A migration copies what existed at the enable point: any real-time change of
+                    -- the key in this generation is newer, whatever order their tasks were queued in.
+                    OR (?4 AND migration_id IS NULL AND generation = ?5 AND state IN ('queued', 'running', 'done', 'failed')))
+                 LIMIT 1",
+                params![task.rule_id, task.key, task.id, task.migration_id.is_some(), task.generation],
                 |_| Ok(()),
             )
             .optional()?
             .is_some())
+        })
+    }
+
+    /// Of a key's tasks in this generation: how many are unfinished, and how many are not dropped.
+    pub fn key_tasks(&self, rule_id: &str, key: &str, generation: i64) -> Result<(i64, i64)> {
+        blocking(|| {
+            Ok(self.db().query_row(
+                "SELECT COALESCE(SUM(state IN ('queued', 'running')), 0), COALESCE(SUM(state != 'dropped'), 0)
+             FROM tasks WHERE rule_id = ?1 AND key = ?2 AND generation = ?3",
+                params![rule_id, key, generation],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+    }
+
+    /// The destination version crr recorded for its newest replica of this source version in
+    /// this generation: `None` when it replicated none.
+    pub fn replica_of(
+        &self,
+        rule_id: &str,
+        key: &str,
+        version: &str,
+        generation: i64,
+    ) -> Result<Option<Option<String>>> {
+        blocking(|| {
+            Ok(self
+                .db()
+                .query_row(
+                    "SELECT dest_version_id FROM tasks WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3
+                 AND generation = ?4 AND state = 'done' ORDER BY id DESC LIMIT 1",
+                    params![rule_id, key, version, generation],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+    }
+
+    /// Queues a version again (whether or not it was seen): it runs after every task queued so far.
+    pub fn requeue_version(&self, rule_id: &str, generation: i64, c: &NewChange) -> Result<()> {
+        blocking(|| {
+            self.db().execute(
+            "INSERT INTO tasks (rule_id, generation, kind, key, version_id, size, etag, source_time, state, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9)",
+            params![
+                rule_id,
+                generation,
+                c.kind.as_str(),
+                c.key,
+                c.version_id,
+                c.size as i64,
+                c.etag,
+                c.source_time,
+                now_ms()
+            ],
+        )?;
+            self.tallies().shift(
+                &(rule_id.to_string(), None),
+                None,
+                Some(State::Queued),
+                1,
+                c.size as i64,
+            );
+            Ok(())
+        })
     }
 
     /// Puts failed tasks back in the queue. `None` selects every failed task.
     pub fn retry_failed(&self, rule: Option<&str>, ids: &[i64]) -> Result<usize> {
-        let db = self.db();
-        let now = now_ms();
-        if !ids.is_empty() {
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let now = now_ms();
+            let mut moved = Vec::new();
             let mut n = 0;
-            for id in ids {
-                n += db.execute(
-                    "UPDATE tasks SET state = 'queued', attempts = 0, not_before = 0, updated_at = ?2
-                     WHERE id = ?1 AND state = 'failed'",
-                    params![id, now],
-                )?;
+            let mut requeue = |filter: &str, value: &dyn rusqlite::ToSql| -> Result<()> {
+                let filter = format!("{filter} AND state = 'failed'");
+                moved.extend(count_where(&tx, &filter, value)?);
+                n += tx.execute(
+                &format!("UPDATE tasks SET state = 'queued', attempts = 0, not_before = 0, updated_at = {now} WHERE {filter}"),
+                [value],
+            )?;
+                Ok(())
+            };
+            if !ids.is_empty() {
+                for id in ids {
+                    requeue("id = ?1", id)?;
+                }
+            } else {
+                match rule {
+                    Some(r) => requeue("rule_id = ?1", &r)?,
+                    None => requeue("?1", &1)?,
+                }
             }
-            return Ok(n);
-        }
-        Ok(match rule {
-            Some(r) => db.execute(
-                "UPDATE tasks SET state = 'queued', attempts = 0, not_before = 0, updated_at = ?2
-                 WHERE rule_id = ?1 AND state = 'failed'",
-                params![r, now],
-            )?,
-            None => db.execute(
-                "UPDATE tasks SET state = 'queued', attempts = 0, not_before = 0, updated_at = ?1 WHERE state = 'failed'",
-                [now],
-            )?,
+            tx.commit()?;
+            self.apply_moved(&moved, State::Queued);
+            Ok(n)
         })
     }
 
     pub fn tasks_in(&self, states: &[&str], limit: usize) -> Result<Vec<Task>> {
-        let list = states.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
-        let db = self.db();
-        let mut st = db.prepare(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ({list}) ORDER BY id LIMIT ?1"
-        ))?;
-        let rows = st.query_map([limit as i64], task_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        blocking(|| {
+            let list = states.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
+            let db = self.db();
+            let mut st = db.prepare(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ({list}) ORDER BY id LIMIT ?1"
+            ))?;
+            let rows = st.query_map([limit as i64], task_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     /// How many tasks are queued or running (optionally only those due by `now`).
     pub fn unfinished(&self) -> Result<i64> {
-        Ok(self.db().query_row(
-            "SELECT COUNT(*) FROM tasks t WHERE state IN ('queued', 'running')
-             AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled')
+        blocking(|| {
+            Ok(self.db().query_row(
+                "SELECT COUNT(*) FROM tasks t WHERE state IN ('queued', 'running')
+             AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled'
+                         AND r.generation = t.generation)
              AND (t.migration_id IS NULL OR EXISTS (
                   SELECT 1 FROM migrations m WHERE m.id = t.migration_id AND m.control = 'run'))",
-            [],
-            |r| r.get(0),
-        )?)
+                [],
+                |r| r.get(0),
+            )?)
+        })
     }
 
     pub fn backlog(&self, rule_id: &str) -> Result<Backlog> {
-        Ok(self.db().query_row(
-            "SELECT COALESCE(SUM(state IN ('queued', 'running')), 0),
+        blocking(|| {
+            Ok(self.db().query_row(
+                "SELECT COALESCE(SUM(state IN ('queued', 'running')), 0),
                     COALESCE(SUM(CASE WHEN state IN ('queued', 'running') THEN size ELSE 0 END), 0),
                     COALESCE(SUM(state = 'failed'), 0)
              FROM tasks WHERE rule_id = ?1",
-            [rule_id],
-            |r| {
-                Ok(Backlog {
-                    pending_tasks: r.get(0)?,
-                    pending_bytes: r.get(1)?,
-                    failed_tasks: r.get(2)?,
-                })
-            },
-        )?)
+                [rule_id],
+                |r| {
+                    Ok(Backlog {
+                        pending_tasks: r.get(0)?,
+                        pending_bytes: r.get(1)?,
+                        failed_tasks: r.get(2)?,
+                    })
+                },
+            )?)
+        })
     }
 
     // ---- migrations ---------------------------------------------------------------------------
 
     /// Starts a migration of the rule. Refuses while another one is unfinished.
     pub fn create_migration(&self, rule_id: &str, overwrite: &str) -> Result<std::result::Result<i64, Migration>> {
-        if let Some(m) = self.latest_migration(rule_id)?
-            && m.control != "cancel"
-            && !self.migration_figures(&m)?.finished()
-        {
-            return Ok(Err(m));
-        }
-        let db = self.db();
-        db.execute(
-            "INSERT INTO migrations (rule_id, control, started_at, overwrite) VALUES (?1, 'run', ?2, ?3)",
-            params![rule_id, now_ms(), overwrite],
-        )?;
-        Ok(Ok(db.last_insert_rowid()))
+        blocking(|| {
+            if let Some(m) = self.latest_migration(rule_id)?
+                && m.control != "cancel"
+                && !self.migration_counts(&m).finished()
+            {
+                return Ok(Err(m));
+            }
+            let db = self.db();
+            db.execute(
+                "INSERT INTO migrations (rule_id, control, started_at, overwrite) VALUES (?1, 'run', ?2, ?3)",
+                params![rule_id, now_ms(), overwrite],
+            )?;
+            Ok(Ok(db.last_insert_rowid()))
+        })
     }
 
     pub fn latest_migration(&self, rule_id: &str) -> Result<Option<Migration>> {
-        Ok(self
-            .db()
-            .query_row(
-                &format!("SELECT {MIGRATION_COLUMNS} FROM migrations WHERE rule_id = ?1 ORDER BY id DESC LIMIT 1"),
-                [rule_id],
-                migration_from_row,
-            )
-            .optional()?)
+        blocking(|| {
+            Ok(self
+                .db()
+                .query_row(
+                    &format!("SELECT {MIGRATION_COLUMNS} FROM migrations WHERE rule_id = ?1 ORDER BY id DESC LIMIT 1"),
+                    [rule_id],
+                    migration_from_row,
+                )
+                .optional()?)
+        })
     }
 
     /// Migrations whose listing should run now.
     pub fn migrations_to_list(&self) -> Result<Vec<Migration>> {
-        let db = self.db();
-        let mut st = db.prepare(&format!(
-            "SELECT {MIGRATION_COLUMNS} FROM migrations WHERE control = 'run' AND listing_done = 0 ORDER BY id"
-        ))?;
-        let rows = st.query_map([], migration_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        blocking(|| {
+            let db = self.db();
+            let mut st = db.prepare(&format!(
+                "SELECT {MIGRATION_COLUMNS} FROM migrations WHERE control = 'run' AND listing_done = 0 ORDER BY id"
+            ))?;
+            let rows = st.query_map([], migration_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     pub fn migration(&self, id: i64) -> Result<Option<Migration>> {
-        Ok(self
-            .db()
-            .query_row(
-                &format!("SELECT {MIGRATION_COLUMNS} FROM migrations WHERE id = ?1"),
-                [id],
-                migration_from_row,
-            )
-            .optional()?)
+        blocking(|| {
+            Ok(self
+                .db()
+                .query_row(
+                    &format!("SELECT {MIGRATION_COLUMNS} FROM migrations WHERE id = ?1"),
+                    [id],
+                    migration_from_row,
+                )
+                .optional()?)
+        })
     }
 
     pub fn set_migration_control(&self, id: i64, control: &str) -> Result<()> {
-        self.db()
-            .execute("UPDATE migrations SET control = ?2 WHERE id = ?1", params![id, control])?;
-        Ok(())
+        blocking(|| {
+            self.db()
+                .execute("UPDATE migrations SET control = ?2 WHERE id = ?1", params![id, control])?;
+            Ok(())
+        })
     }
 
     /// Cancels a migration: its unfinished tasks are dropped. Returns those with an open
     /// multipart upload, to abort.
     pub fn cancel_migration(&self, id: i64) -> Result<Vec<Task>> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let uploads = drop_unfinished(&tx, "migration_id", &id, "migration cancelled")?;
-        tx.execute(
-            "UPDATE migrations SET control = 'cancel', finished_at = ?2 WHERE id = ?1",
-            params![id, now_ms()],
-        )?;
-        tx.commit()?;
-        Ok(uploads)
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let (uploads, moved) = drop_unfinished(&tx, "migration_id", &id, "migration cancelled")?;
+            tx.execute(
+                "UPDATE migrations SET control = 'cancel', finished_at = ?2 WHERE id = ?1",
+                params![id, now_ms()],
+            )?;
+            tx.commit()?;
+            self.apply_moved(&moved, State::Dropped);
+            Ok(uploads)
+        })
     }
 
     /// Queues one listing page of a migration and moves its position past it, atomically: a
@@ -788,114 +1082,150 @@ impl Store {
         position: (i64, Option<(String, String)>),
         listing_done: bool,
     ) -> Result<()> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        // A page listed while the migration was being paused or cancelled is not queued; a
-        // resumed listing fetches it again from the saved position.
-        let control: String = tx.query_row("SELECT control FROM migrations WHERE id = ?1", [m.id], |r| r.get(0))?;
-        if control != "run" {
-            return Ok(());
-        }
-        let now = now_ms();
-        let mut bytes = 0i64;
-        {
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO tasks (rule_id, generation, kind, key, version_id, size, etag, source_time, state,
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            // A page listed while the migration was being paused or cancelled is not queued; a
+            // resumed listing fetches it again from the saved position.
+            let control: String = tx.query_row("SELECT control FROM migrations WHERE id = ?1", [m.id], |r| r.get(0))?;
+            if control != "run" || !is_current(&tx, &m.rule_id, generation)? {
+                return Ok(());
+            }
+            let now = now_ms();
+            let mut bytes = 0i64;
+            {
+                let mut ins = tx.prepare_cached(
+                    "INSERT INTO tasks (rule_id, generation, kind, key, version_id, size, etag, source_time, state,
                                     migration_id, created_at, updated_at)
                  VALUES (?1, ?2, 'put', ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?9, ?9)",
-            )?;
-            for o in objects {
-                ins.execute(params![
-                    m.rule_id,
-                    generation,
-                    o.key,
-                    o.version_id,
-                    o.size as i64,
-                    o.etag,
-                    o.source_time,
-                    m.id,
-                    now
-                ])?;
-                bytes += o.size as i64;
+                )?;
+                for o in objects {
+                    ins.execute(params![
+                        m.rule_id,
+                        generation,
+                        o.key,
+                        o.version_id,
+                        o.size as i64,
+                        o.etag,
+                        o.source_time,
+                        m.id,
+                        now
+                    ])?;
+                    bytes += o.size as i64;
+                }
             }
-        }
-        let (prefix_index, marker) = position;
-        let (key, version) = marker.map(|(k, v)| (Some(k), Some(v))).unwrap_or((None, None));
-        tx.execute(
-            "UPDATE migrations SET total_objects = total_objects + ?2, total_bytes = total_bytes + ?3,
+            let (prefix_index, marker) = position;
+            let (key, version) = marker.map(|(k, v)| (Some(k), Some(v))).unwrap_or((None, None));
+            tx.execute(
+                "UPDATE migrations SET total_objects = total_objects + ?2, total_bytes = total_bytes + ?3,
                     prefix_index = ?4, key_marker = ?5, version_marker = ?6, listing_done = ?7
              WHERE id = ?1",
-            params![
-                m.id,
+                params![
+                    m.id,
+                    objects.len() as i64,
+                    bytes,
+                    prefix_index,
+                    key,
+                    version,
+                    listing_done as i64
+                ],
+            )?;
+            tx.commit()?;
+            self.tallies().shift(
+                &(m.rule_id.clone(), Some(m.id)),
+                None,
+                Some(State::Queued),
                 objects.len() as i64,
                 bytes,
-                prefix_index,
-                key,
-                version,
-                listing_done as i64
-            ],
-        )?;
-        tx.commit()?;
-        Ok(())
+            );
+            Ok(())
+        })
+    }
+
+    /// A migration's progress from the in-memory counts (no aggregate over its tasks); no
+    /// throughput, which the caller measures.
+    pub fn migration_counts(&self, m: &Migration) -> MigrationFigures {
+        let t = self.tally(&m.rule_id, Some(m.id));
+        MigrationFigures {
+            control: m.control.clone(),
+            started_at: m.started_at,
+            listing_done: m.listing_done,
+            total_objects: m.total_objects,
+            total_bytes: m.total_bytes,
+            done_objects: t.done.objects,
+            done_bytes: t.done.bytes,
+            skipped_objects: t.skipped.objects,
+            skipped_bytes: t.skipped.bytes,
+            failed_objects: t.failed.objects,
+            pending_objects: t.pending().objects,
+            recent_bytes: 0,
+        }
     }
 
     /// Counts of a migration's tasks by outcome, and the bytes finished in the last minute.
     pub fn migration_figures(&self, m: &Migration) -> Result<MigrationFigures> {
-        let since = now_ms() - 60_000;
-        let mut f = self.db().query_row(
-            "SELECT COALESCE(SUM(state = 'done'), 0), COALESCE(SUM(CASE WHEN state = 'done' THEN size END), 0),
+        blocking(|| {
+            let since = now_ms() - 60_000;
+            let mut f = self.db().query_row(
+                "SELECT COALESCE(SUM(state = 'done'), 0), COALESCE(SUM(CASE WHEN state = 'done' THEN size END), 0),
                     COALESCE(SUM(state = 'skipped'), 0), COALESCE(SUM(CASE WHEN state = 'skipped' THEN size END), 0),
                     COALESCE(SUM(state = 'failed'), 0), COALESCE(SUM(state IN ('queued', 'running')), 0),
                     COALESCE(SUM(CASE WHEN state = 'done' AND updated_at >= ?2 THEN size END), 0)
              FROM tasks WHERE migration_id = ?1",
-            params![m.id, since],
-            |r| {
-                Ok(MigrationFigures {
-                    done_objects: r.get(0)?,
-                    done_bytes: r.get(1)?,
-                    skipped_objects: r.get(2)?,
-                    skipped_bytes: r.get(3)?,
-                    failed_objects: r.get(4)?,
-                    pending_objects: r.get(5)?,
-                    recent_bytes: r.get(6)?,
-                    ..Default::default()
-                })
-            },
-        )?;
-        f.total_objects = m.total_objects;
-        f.total_bytes = m.total_bytes;
-        f.listing_done = m.listing_done;
-        f.control = m.control.clone();
-        f.started_at = m.started_at;
-        Ok(f)
+                params![m.id, since],
+                |r| {
+                    Ok(MigrationFigures {
+                        done_objects: r.get(0)?,
+                        done_bytes: r.get(1)?,
+                        skipped_objects: r.get(2)?,
+                        skipped_bytes: r.get(3)?,
+                        failed_objects: r.get(4)?,
+                        pending_objects: r.get(5)?,
+                        recent_bytes: r.get(6)?,
+                        ..Default::default()
+                    })
+                },
+            )?;
+            f.total_objects = m.total_objects;
+            f.total_bytes = m.total_bytes;
+            f.listing_done = m.listing_done;
+            f.control = m.control.clone();
+            f.started_at = m.started_at;
+            Ok(f)
+        })
     }
 
     /// Done-task provenance: whether crr wrote `dest_version` as the replica of `version` of `key`.
     pub fn is_our_replica(&self, rule_id: &str, key: &str, version: &str, dest_version: &str) -> Result<bool> {
-        Ok(self
-            .db()
-            .query_row(
-                "SELECT 1 FROM tasks WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3 AND dest_version_id = ?4
+        blocking(|| {
+            Ok(self
+                .db()
+                .query_row(
+                    "SELECT 1 FROM tasks WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3 AND dest_version_id = ?4
                  AND state = 'done' LIMIT 1",
-                params![rule_id, key, version, dest_version],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
+                    params![rule_id, key, version, dest_version],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some())
+        })
     }
 
     /// Records the bytes running copies have sent, for readers in other processes.
     pub fn record_bytes_done(&self, done: &[(i64, u64)]) -> Result<()> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        {
-            let mut st = tx.prepare_cached("UPDATE tasks SET bytes_done = ?2 WHERE id = ?1 AND state = 'running'")?;
-            for (id, bytes) in done {
-                st.execute(params![id, *bytes as i64])?;
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            {
+                let mut st =
+                    tx.prepare_cached("UPDATE tasks SET bytes_done = ?2 WHERE id = ?1 AND state = 'running'")?;
+                for (id, bytes) in done {
+                    st.execute(params![id, *bytes as i64])?;
+                }
             }
-        }
-        tx.commit()?;
-        Ok(())
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     // ---- multipart ---------------------------------------------------------------------------
@@ -903,143 +1233,150 @@ impl Store {
     /// Records the task's multipart upload and its part size (or forgets it: `None`); the
     /// parts recorded for an earlier upload are forgotten either way.
     pub fn set_upload(&self, task_id: i64, upload: Option<(&str, u64)>) -> Result<()> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        tx.execute(
-            "UPDATE tasks SET upload_id = ?2, upload_part_size = ?3 WHERE id = ?1",
-            params![task_id, upload.map(|u| u.0), upload.map(|u| u.1 as i64)],
-        )?;
-        tx.execute("DELETE FROM parts WHERE task_id = ?1", [task_id])?;
-        tx.commit()?;
-        Ok(())
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            tx.execute(
+                "UPDATE tasks SET upload_id = ?2, upload_part_size = ?3 WHERE id = ?1",
+                params![task_id, upload.map(|u| u.0), upload.map(|u| u.1 as i64)],
+            )?;
+            tx.execute("DELETE FROM parts WHERE task_id = ?1", [task_id])?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// The part size the task's open upload was started with.
     pub fn upload_part_size(&self, task_id: i64) -> Result<Option<u64>> {
-        Ok(self
-            .db()
-            .query_row("SELECT upload_part_size FROM tasks WHERE id = ?1", [task_id], |r| {
-                r.get::<_, Option<i64>>(0)
-            })
-            .optional()?
-            .flatten()
-            .map(|v| v as u64))
+        blocking(|| {
+            Ok(self
+                .db()
+                .query_row("SELECT upload_part_size FROM tasks WHERE id = ?1", [task_id], |r| {
+                    r.get::<_, Option<i64>>(0)
+                })
+                .optional()?
+                .flatten()
+                .map(|v| v as u64))
+        })
     }
 
     /// Whether the task is still running (not dropped by a disable or cancel meanwhile).
     pub fn is_running(&self, task_id: i64) -> Result<bool> {
-        Ok(self
-            .db()
-            .query_row("SELECT state = 'running' FROM tasks WHERE id = ?1", [task_id], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .unwrap_or(false))
+        blocking(|| {
+            Ok(self
+                .db()
+                .query_row("SELECT state = 'running' FROM tasks WHERE id = ?1", [task_id], |r| {
+                    r.get(0)
+                })
+                .optional()?
+                .unwrap_or(false))
+        })
+    }
+
+    /// Tasks that will never run again but still have a multipart upload recorded, with their
+    /// rule's destination (ENDPOINT/BUCKET): uploads to abort.
+    pub fn orphan_uploads(&self) -> Result<Vec<(Task, String)>> {
+        blocking(|| {
+            let db = self.db();
+            let mut st = db.prepare(&format!(
+                "SELECT {TASK_COLUMNS}, (SELECT destination FROM rules r WHERE r.rule_id = tasks.rule_id)
+             FROM tasks WHERE upload_id IS NOT NULL AND state IN ('dropped', 'skipped', 'done', 'failed')"
+            ))?;
+            let rows = st.query_map([], |r| {
+                Ok((task_from_row(r)?, r.get::<_, Option<String>>(16)?.unwrap_or_default()))
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     pub fn tasks_upload(&self, task_id: i64) -> Result<Option<String>> {
-        Ok(self
-            .db()
-            .query_row("SELECT upload_id FROM tasks WHERE id = ?1", [task_id], |r| r.get(0))
-            .optional()?
-            .flatten())
+        blocking(|| {
+            Ok(self
+                .db()
+                .query_row("SELECT upload_id FROM tasks WHERE id = ?1", [task_id], |r| r.get(0))
+                .optional()?
+                .flatten())
+        })
     }
 
     pub fn add_part(&self, task_id: i64, part: i32, etag: &str, size: u64) -> Result<()> {
-        self.db().execute(
-            "INSERT OR REPLACE INTO parts (task_id, part_number, etag, size) VALUES (?1, ?2, ?3, ?4)",
-            params![task_id, part, etag, size as i64],
-        )?;
-        Ok(())
+        blocking(|| {
+            self.db().execute(
+                "INSERT OR REPLACE INTO parts (task_id, part_number, etag, size) VALUES (?1, ?2, ?3, ?4)",
+                params![task_id, part, etag, size as i64],
+            )?;
+            Ok(())
+        })
     }
 
     pub fn parts(&self, task_id: i64) -> Result<Vec<(i32, String, u64)>> {
-        let db = self.db();
-        let mut st = db.prepare("SELECT part_number, etag, size FROM parts WHERE task_id = ?1 ORDER BY part_number")?;
-        let rows = st.query_map([task_id], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+        blocking(|| {
+            let db = self.db();
+            let mut st =
+                db.prepare("SELECT part_number, etag, size FROM parts WHERE task_id = ?1 ORDER BY part_number")?;
+            let rows = st.query_map([task_id], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64)))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
     }
 
     // ---- scans and the last sync point -------------------------------------------------------
 
     /// The highest task id so far (a scan's high-water mark).
     pub fn max_task_id(&self) -> Result<i64> {
-        Ok(self
-            .db()
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM tasks", [], |r| r.get(0))?)
+        blocking(|| {
+            Ok(self
+                .db()
+                .query_row("SELECT COALESCE(MAX(id), 0) FROM tasks", [], |r| r.get(0))?)
+        })
     }
 
     /// Records a completed scan that started at `started_at` and queued tasks up to `max_task_id`.
     pub fn record_scan(&self, rule_id: &str, generation: i64, started_at: i64, max_task_id: i64) -> Result<()> {
-        self.db().execute(
-            "INSERT INTO scans (rule_id, generation, started_at, max_task_id) VALUES (?1, ?2, ?3, ?4)",
-            params![rule_id, generation, started_at, max_task_id],
-        )?;
-        self.update_sync_point(rule_id)
+        blocking(|| {
+            {
+                let mut db = self.db();
+                let tx = db.transaction()?;
+                if !is_current(&tx, rule_id, generation)? {
+                    return Ok(());
+                }
+                tx.execute(
+                    "INSERT INTO scans (rule_id, generation, started_at, max_task_id) VALUES (?1, ?2, ?3, ?4)",
+                    params![rule_id, generation, started_at, max_task_id],
+                )?;
+                tx.commit()?;
+            }
+            self.update_sync_point(rule_id)
+        })
     }
 
     /// The last sync point is the start of the newest scan all of whose changes (and all
     /// earlier ones) are replicated. Failed tasks hold it back, as they should.
     pub fn update_sync_point(&self, rule_id: &str) -> Result<()> {
-        let mut db = self.db();
-        let tx = db.transaction()?;
-        let best: Option<i64> = tx.query_row(
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let best: Option<i64> = tx.query_row(
             "SELECT MAX(s.started_at) FROM scans s JOIN rules r ON r.rule_id = s.rule_id AND r.generation = s.generation
              WHERE s.rule_id = ?1 AND NOT EXISTS (
-                SELECT 1 FROM tasks t WHERE t.rule_id = s.rule_id AND t.id <= s.max_task_id
+                SELECT 1 FROM tasks t WHERE t.rule_id = s.rule_id AND t.generation = s.generation
+                AND t.id <= s.max_task_id
                 AND t.migration_id IS NULL AND t.state IN ('queued', 'running', 'failed'))",
             [rule_id],
             |r| r.get(0),
         )?;
-        if let Some(best) = best {
-            tx.execute(
-                "UPDATE rules SET last_sync_point = MAX(COALESCE(last_sync_point, 0), ?2) WHERE rule_id = ?1",
-                params![rule_id, best],
-            )?;
-            tx.execute(
-                "DELETE FROM scans WHERE rule_id = ?1 AND started_at < ?2",
-                params![rule_id, best],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    // ---- commands to a running engine --------------------------------------------------------
-
-    pub fn post_command(&self, kind: &str, arg: &str) -> Result<i64> {
-        let db = self.db();
-        db.execute(
-            "INSERT INTO commands (kind, arg, created_at) VALUES (?1, ?2, ?3)",
-            params![kind, arg, now_ms()],
-        )?;
-        Ok(db.last_insert_rowid())
-    }
-
-    pub fn pending_commands(&self) -> Result<Vec<(i64, String, String)>> {
-        let db = self.db();
-        let mut st = db.prepare("SELECT id, kind, arg FROM commands WHERE applied_at IS NULL ORDER BY id")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    pub fn finish_command(&self, id: i64, result: &str) -> Result<()> {
-        self.db().execute(
-            "UPDATE commands SET applied_at = ?2, result = ?3 WHERE id = ?1",
-            params![id, now_ms(), result],
-        )?;
-        Ok(())
-    }
-
-    pub fn command_result(&self, id: i64) -> Result<Option<String>> {
-        Ok(self
-            .db()
-            .query_row(
-                "SELECT result FROM commands WHERE id = ?1 AND applied_at IS NOT NULL",
-                [id],
-                |r| r.get(0),
-            )
-            .optional()?)
+            if let Some(best) = best {
+                tx.execute(
+                    "UPDATE rules SET last_sync_point = MAX(COALESCE(last_sync_point, 0), ?2) WHERE rule_id = ?1",
+                    params![rule_id, best],
+                )?;
+                tx.execute(
+                    "DELETE FROM scans WHERE rule_id = ?1 AND started_at < ?2",
+                    params![rule_id, best],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 }
 
@@ -1064,8 +1401,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let g = s.begin_enable("r", "scope", "sh/b").unwrap();
-        s.add_baseline("r", &[("old".into(), "v0".into())]).unwrap();
-        s.finish_enable("r", 1).unwrap();
+        s.add_baseline("r", g, &[("old".into(), "v0".into())]).unwrap();
+        assert!(s.finish_enable("r", g, 1).unwrap());
         assert_eq!(
             s.queue_new("r", g, &[change("old", "v0"), change("a", "v1"), change("a", "v2")])
                 .unwrap(),
@@ -1085,7 +1422,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let g = s.begin_enable("r", "scope", "sh/b").unwrap();
-        s.finish_enable("r", 1).unwrap();
+        assert!(s.finish_enable("r", g, 1).unwrap());
         s.queue_new("r", g, &[change("a", "v1"), change("a", "v2")]).unwrap();
         let v1 = s.claim(now_ms()).unwrap().unwrap();
         s.fail(v1.id, "boom").unwrap();
@@ -1105,7 +1442,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let g = s.begin_enable("r", "scope", "sh/b").unwrap();
-        s.finish_enable("r", 1).unwrap();
+        assert!(s.finish_enable("r", g, 1).unwrap());
         s.queue_new("r", g, &[change("a", "v1")]).unwrap();
         s.disable("r", "disabled").unwrap();
         assert!(s.claim(now_ms()).unwrap().is_none());

@@ -1,0 +1,439 @@
+//! The copy workers and the loops that drive them: each worker claims the next runnable task
+//! from the durable queue and runs it to an outcome (done, skipped, retried later, failed),
+//! publishing events; `run_once` and `serve` are the two ways to run them.
+
+use super::{Core, Event, copy, lock, migrate};
+use crate::config::{Operations, Overwrite, Rule};
+use crate::engine::RunSummary;
+use crate::engine::copy::{CopyCtx, CopyError};
+use crate::engine::progress::TaskProgress;
+use crate::s3::S3;
+use crate::store::{NewChange, Task, TaskKind, blocking, now_ms};
+use anyhow::{Context, Result};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How long in-flight copies may finish after a stop was asked for; then they are aborted and
+/// left resumable.
+pub(super) const GRACE: Duration = Duration::from_secs(10);
+
+impl Core {
+    /// Runs one task to its outcome.
+    async fn run_task(&self, task: Task) -> Result<()> {
+        let config = self.config();
+        let clients = self.clients();
+        let Some(rule) = config.rule(&task.rule_id) else {
+            self.store.skip(task.id, "the rule is no longer in the config")?;
+            return Ok(());
+        };
+        if self.store.superseded(&task)? {
+            self.store
+                .skip(task.id, "a newer change of this key was already replicated")?;
+            return Ok(());
+        }
+        if task.kind == TaskKind::Delete && rule.operations == Operations::Put {
+            self.store
+                .skip(task.id, "the rule replicates no deletes (operations = \"put\")")?;
+            return Ok(());
+        }
+        let (src, dst) = match (
+            clients.get(&rule.source.endpoint),
+            clients.get(&rule.destination.endpoint),
+        ) {
+            (Ok(s), Ok(d)) => (s, d),
+            (Err(e), _) | (_, Err(e)) => {
+                self.store.fail(task.id, &e.message)?;
+                self.record_failure(&task, &e.message);
+                return Ok(());
+            }
+        };
+        let overwrite = match task.migration_id {
+            Some(id) => self.store.migration(id)?.map(|m| match m.overwrite.as_str() {
+                "always" => Overwrite::Always,
+                "never" => Overwrite::Never,
+                _ => Overwrite::IfDifferent,
+            }),
+            None => None,
+        };
+        let token = CancellationToken::new();
+        lock(&self.running).insert(task.id, (rule.id.clone(), task.migration_id, token.clone()));
+        // A disable or cancel that ran between the claim and the line above could not see this
+        // task's token: ask the store whether the task is still ours to run.
+        if !self.store.is_running(task.id).unwrap_or(false) {
+            lock(&self.running).remove(&task.id);
+            self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
+            return Ok(());
+        }
+        self.progress.start(TaskProgress {
+            task_id: task.id,
+            rule_id: rule.id.clone(),
+            key: task.key.clone(),
+            size: task.size,
+            bytes_done: 0,
+            parts_done: 0,
+            parts_total: copy::part_layout(task.size, &config.engine).1,
+            attempt: task.attempts,
+            started: Instant::now(),
+        });
+        let engine_cfg = config.engine.clone();
+        let ctx = CopyCtx {
+            src,
+            dst,
+            rule,
+            engine: &engine_cfg,
+            store: &self.store,
+            progress: &self.progress,
+            limits: self.limits_for(rule),
+        };
+        let work = async {
+            if let Some(policy) = overwrite
+                && let Some(why) = ctx.migration_skip(&task, policy).await?
+            {
+                return Ok(Err(why));
+            }
+            ctx.run(&task).await.map(Ok)
+        };
+        let outcome = tokio::select! {
+            r = work => Some(r),
+            _ = token.cancelled() => None,
+            _ = self.hard_stop.cancelled() => None,
+        };
+        lock(&self.running).remove(&task.id);
+        self.progress.finish(task.id);
+        match outcome {
+            Some(Ok(Err(why))) => {
+                // Left alone by the overwrite policy: skipped, and processed for the migration's progress.
+                self.store.skip(task.id, &why)?;
+                self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
+            }
+            Some(Ok(Ok(done))) => {
+                self.store.complete(&task, done.dest_version.as_deref(), done.bytes)?;
+                {
+                    let mut n = lock(&self.replicated_now);
+                    n.0 += 1;
+                    n.1 += done.bytes;
+                }
+                tracing::info!(rule = %rule.id, key = %task.key, version = %task.version_id, bytes = done.bytes, "replicated");
+                let _ = self.events.send(Event::TaskDone {
+                    task: task.id,
+                    rule: rule.id.clone(),
+                    key: task.key.clone(),
+                    size: done.bytes,
+                    kind: match task.kind {
+                        TaskKind::Put => "put".into(),
+                        TaskKind::Delete => "delete-marker".into(),
+                    },
+                    migration: task.migration_id,
+                });
+                self.check_drained(rule, &task, src, dst).await;
+            }
+            Some(Err(CopyError::Gone(why))) => {
+                tracing::info!(rule = %rule.id, key = %task.key, "skipped: {why}");
+                self.store.skip(task.id, &why)?;
+                self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
+            }
+            Some(Err(CopyError::Retry(why))) => {
+                if task.attempts >= engine_cfg.max_attempts {
+                    tracing::warn!(rule = %rule.id, key = %task.key, attempts = task.attempts, "failed: {why}");
+                    self.store.fail(task.id, &why)?;
+                    self.record_failure(&task, &why);
+                    let _ = self.events.send(Event::TaskFailed {
+                        task: task.id,
+                        rule: rule.id.clone(),
+                        key: task.key.clone(),
+                        size: task.size,
+                        reason: why.clone(),
+                    });
+                    // A retry starts afresh; no parts stay billed meanwhile.
+                    self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
+                } else {
+                    let wait = backoff(task.attempts);
+                    tracing::info!(rule = %rule.id, key = %task.key, attempt = task.attempts, "will retry in {wait:?}: {why}");
+                    self.store
+                        .retry_later(task.id, &why, now_ms() + wait.as_millis() as i64)?;
+                }
+            }
+            None if token.is_cancelled() => {
+                // The rule was disabled or the migration cancelled: the store already dropped
+                // the task. Abort its upload.
+                self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
+            }
+            None => {
+                // Shutting down: back to the queue; multipart parts stay for the restart.
+                self.store.release(task.id)?;
+            }
+        }
+        self.store.update_sync_point(&rule.id)?;
+        Ok(())
+    }
+
+    /// Aborts the multipart upload the task has open, if any, and forgets it.
+    async fn abort_open_upload(&self, task: &Task, dst: &crate::s3::S3, bucket: &str) {
+        let Ok(Some(upload)) = self.store.tasks_upload(task.id) else {
+            return;
+        };
+        match copy::abort_upload(dst, bucket, &task.key, &upload).await {
+            Ok(()) => {
+                if let Err(e) = self.store.set_upload(task.id, None) {
+                    tracing::warn!(key = %task.key, error = %format!("{e:#}"), "could not forget an aborted upload");
+                }
+            }
+            Err(e) => tracing::warn!(key = %task.key, error = %e, "could not abort a multipart upload"),
+        }
+    }
+
+    async fn worker(self: Arc<Self>, until_idle: bool) {
+        loop {
+            if self.draining.is_cancelled() {
+                return;
+            }
+            let claimed = blocking(|| self.store.claim(now_ms()));
+            match claimed {
+                Ok(Some(task)) => {
+                    let id = task.id;
+                    if let Err(e) = self.run_task(task).await {
+                        tracing::error!(error = %format!("{e:#}"), task = id, "state store error while running a task");
+                        // Give it back (it stays interrupted) rather than leave it running.
+                        lock(&self.running).remove(&id);
+                        self.progress.finish(id);
+                        if let Err(e) = self.store.release(id) {
+                            tracing::error!(error = %format!("{e:#}"), task = id, "could not requeue the task");
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+                Ok(None) => {
+                    if until_idle
+                        && self.running_count() == 0
+                        && self.listing_count.load(Ordering::SeqCst) == 0
+                        && self.store.unfinished().unwrap_or(1) == 0
+                    {
+                        return;
+                    }
+                    tokio::select! {
+                        _ = self.work.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = self.draining.cancelled() => return,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "state store error while claiming a task");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    fn running_count(&self) -> usize {
+        lock(&self.running).len()
+    }
+
+    fn spawn_workers(self: &Arc<Self>, until_idle: bool) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..self.config().engine.workers)
+            .map(|_| tokio::spawn(self.clone().worker(until_idle)))
+            .collect()
+    }
+
+    /// Catches every enabled rule up: one scan, then every queued task to its end.
+    pub(crate) async fn run_once(self: Arc<Self>) -> Result<RunSummary> {
+        let before = *lock(&self.replicated_now);
+        self.handle();
+        self.sweep_uploads().await;
+        let (queued, mut scan_errors) = self.scan_all().await;
+        self.spawn_listers();
+        for w in self.spawn_workers(true) {
+            w.await.context("a copy worker panicked")?;
+        }
+        scan_errors.extend(std::mem::take(&mut *lock(&self.listing_errors)));
+        let config = self.config();
+        for rule in &config.rules {
+            self.store.update_sync_point(&rule.id)?;
+        }
+        self.sweep_uploads().await;
+        let after = *lock(&self.replicated_now);
+        let (replicated, replicated_bytes) = (after.0 - before.0, after.1 - before.1);
+        let failed = self
+            .store
+            .tasks_in(&["failed"], 1000)?
+            .into_iter()
+            .filter(|t| config.rule(&t.rule_id).is_some_and(|r| r.enabled))
+            .collect();
+        Ok(RunSummary {
+            queued,
+            replicated,
+            replicated_bytes,
+            scan_errors,
+            failed,
+        })
+    }
+
+    pub(crate) async fn serve(self: Arc<Self>, shutdown: CancellationToken) -> Result<()> {
+        self.serving.store(true, Ordering::SeqCst);
+        self.handle();
+        self.sweep_uploads().await;
+        let workers = self.spawn_workers(false);
+        // Scans run on their own, so that a long one never delays a command.
+        let scanner = {
+            let engine = self.clone();
+            let stop = self.draining.clone();
+            tokio::spawn(async move {
+                loop {
+                    let (_, errors) = engine.scan_all().await;
+                    for e in errors {
+                        tracing::warn!("{e}");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(engine.config().engine.scan_interval) => {}
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            })
+        };
+        loop {
+            self.spawn_listers();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+        }
+        tracing::info!("shutting down: waiting for in-flight copies");
+        self.draining.cancel();
+        scanner.abort();
+        self.work.notify_waiters();
+        let grace = tokio::time::sleep(GRACE);
+        tokio::pin!(grace);
+        let all = futures::future::join_all(workers);
+        tokio::pin!(all);
+        tokio::select! {
+            _ = &mut all => {}
+            _ = &mut grace => {
+                tracing::info!("grace period over: aborting in-flight copies, they resume on restart");
+                self.hard_stop.cancel();
+                all.await;
+            }
+        }
+        Ok(())
+    }
+
+    /// After a key's last queued change is replicated, checks that the destination's latest
+    /// version is crr's replica of the source's latest, and queues the source's latest again if
+    /// it is not. Servers may list versions in an order other than the order they became latest
+    /// (AWS orders multipart versions by upload initiation), so per-key order alone cannot
+    /// promise this. Only keys with more than one change in this generation are checked.
+    async fn check_drained(&self, rule: &Rule, task: &Task, src: &S3, dst: &S3) {
+        let Ok((unfinished, total)) = self.store.key_tasks(&rule.id, &task.key, task.generation) else {
+            return;
+        };
+        if unfinished > 0 || total < 2 {
+            return;
+        }
+        let Ok(Some(latest)) = head_latest(src, &rule.source.bucket, &task.key).await else {
+            return;
+        };
+        if latest.version_id == task.version_id {
+            // The change just replicated is the latest: the destination has its replica on top.
+            return;
+        }
+        let Ok(Some(Some(replica))) = self
+            .store
+            .replica_of(&rule.id, &task.key, &latest.version_id, task.generation)
+        else {
+            // Not one crr replicated (new, not scanned yet, or from before the enable point).
+            return;
+        };
+        let dest = match head_latest(dst, &rule.destination.bucket, &task.key).await {
+            Ok(d) => d.map(|d| d.version_id),
+            Err(_) => return,
+        };
+        if dest.as_deref() == Some(replica.as_str()) {
+            return;
+        }
+        tracing::warn!(
+            rule = %rule.id, key = %task.key, version = %latest.version_id,
+            "the destination's latest version is not the replica of the source's latest: copying it again"
+        );
+        if let Err(e) = self.store.requeue_version(&rule.id, task.generation, &latest) {
+            tracing::error!(error = %format!("{e:#}"), "could not queue the latest version again");
+        }
+        self.work.notify_waiters();
+    }
+    /// Starts the listing of every migration that should be listing and is not.
+    fn spawn_listers(self: &Arc<Self>) {
+        let Ok(migrations) = self.store.migrations_to_list() else {
+            return;
+        };
+        for m in migrations {
+            if !lock(&self.listing).insert(m.id) {
+                continue;
+            }
+            self.listing_count.fetch_add(1, Ordering::SeqCst);
+            let engine = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = engine.list_migration(m.id, &m.rule_id).await {
+                    let msg = format!("rule {:?}: listing for the migration failed: {e:#}", m.rule_id);
+                    tracing::warn!("{msg}");
+                    if engine.serving.load(Ordering::SeqCst) {
+                        let _ = engine.events.send(Event::Notice { message: msg });
+                        if !engine.draining.is_cancelled() {
+                            // Serving: the next try comes after a pause, not 4 times a second.
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
+                    } else {
+                        lock(&engine.listing_errors).push(msg);
+                    }
+                }
+                lock(&engine.listing).remove(&m.id);
+                engine.listing_count.fetch_sub(1, Ordering::SeqCst);
+                engine.work.notify_waiters();
+            });
+        }
+    }
+
+    async fn list_migration(&self, id: i64, rule_id: &str) -> Result<()> {
+        let config = self.config();
+        let Some(rule) = config.rule(rule_id) else {
+            return Ok(());
+        };
+        let generation = self.store.rule_state(rule_id)?.map(|s| s.generation).unwrap_or(0);
+        let clients = self.clients();
+        let src = clients.get(&rule.source.endpoint)?;
+        let listed = migrate::list(src, rule, &self.store, generation, id, || self.work.notify_waiters()).await?;
+        if matches!(listed, migrate::Listed::Done) {
+            tracing::info!(rule = rule_id, migration = id, "migration listing complete");
+        }
+        Ok(())
+    }
+}
+
+/// The latest version of `key` as a change to copy, or `None` when a delete marker (or nothing) is latest.
+async fn head_latest(s3: &S3, bucket: &str, key: &str) -> Result<Option<NewChange>, ()> {
+    match s3.client.head_object().bucket(bucket).key(key).send().await {
+        Ok(h) => Ok(Some(NewChange {
+            queue: true,
+            kind: TaskKind::Put,
+            key: key.to_string(),
+            version_id: h.version_id().unwrap_or("null").to_string(),
+            size: h.content_length().unwrap_or(0).max(0) as u64,
+            etag: h.e_tag().unwrap_or_default().to_string(),
+            source_time: h.last_modified().map(|t| t.secs()).unwrap_or(0),
+        })),
+        Err(e) => {
+            if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) {
+                Ok(None)
+            } else {
+                Err(())
+            }
+        }
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    let base = 500u64
+        .saturating_mul(1u64 << attempt.saturating_sub(1).min(10))
+        .min(60_000);
+    let jitter = fastrand::u64(0..=base / 2);
+    Duration::from_millis(base / 2 + jitter)
+}
