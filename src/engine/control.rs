@@ -249,11 +249,23 @@ impl Core {
         rule.enabled = true;
         let core = self.clone();
         let id = id.to_string();
+        // A disable while this runs cancels it.
+        let token = self.rule_token(&id);
         let answer =
             format!("enabling rule {id:?}: preflight, then a new enable point from which writes are replicated");
         tokio::spawn(async move {
+            let cancelled = |core: &Core| {
+                core.emit(Event::RuleRefused {
+                    rule: id.clone(),
+                    reasons: vec!["the rule was disabled while it was being enabled".into()],
+                })
+            };
             // Preflight first: a refused rule leaves the config file as it was.
-            let refusals = preflight::check_rule(&core.clients(), &rule).await;
+            let clients = core.clients();
+            let refusals = tokio::select! {
+                r = preflight::check_rule(&clients, &rule) => r,
+                _ = token.cancelled() => return cancelled(&core),
+            };
             if !refusals.is_empty() {
                 core.emit(Event::RuleRefused {
                     rule: id.clone(),
@@ -265,10 +277,17 @@ impl Core {
                 core.emit(Event::Notice { message: w });
             }
             let path = core.config().path.clone();
-            if let Err(reply) = core
-                .edit_config(|text: &str| config::with_rule_enabled(text, &id, true))
-                .await
-            {
+            if token.is_cancelled() {
+                return cancelled(&core);
+            }
+            let edit = |text: &str| {
+                // Checked under the config lock: a disable that came first wins.
+                if token.is_cancelled() {
+                    anyhow::bail!("the rule was disabled while it was being enabled");
+                }
+                config::with_rule_enabled(text, &id, true)
+            };
+            if let Err(reply) = core.edit_config(edit).await {
                 core.emit(Event::RuleRefused {
                     rule: id.clone(),
                     reasons: vec![reply.to_string()],
@@ -276,7 +295,7 @@ impl Core {
                 return;
             }
             tracing::info!("{}: rule {id:?} set to enabled = true", path.display());
-            if let Err(e) = core.reconcile(Some(&id)).await {
+            if let Err(e) = core.reconcile_with(Some(&id), Some(&token)).await {
                 core.emit(Event::RuleRefused {
                     rule: id.clone(),
                     reasons: vec![format!("{e:#}")],
@@ -290,6 +309,10 @@ impl Core {
         let Some(rule) = self.config().rule(id).cloned() else {
             return self.no_such_rule(id);
         };
+        // First of all, an enabling in progress stops.
+        if let Some(t) = lock(&self.rule_tokens).remove(id) {
+            t.cancel();
+        }
         if rule.enabled
             && let Err(reply) = self
                 .edit_config(|text: &str| config::with_rule_enabled(text, id, false))

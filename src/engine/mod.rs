@@ -258,15 +258,8 @@ impl Core {
         limits
     }
 
-    /// A fresh token for the rule's work (enabling, scans), cancelling the previous one.
-    fn renew_rule_token(&self, id: &str) -> CancellationToken {
-        let token = self.closed.child_token();
-        if let Some(old) = lock(&self.rule_tokens).insert(id.to_string(), token.clone()) {
-            old.cancel();
-        }
-        token
-    }
-
+    /// The token of the rule's work (enabling, scans); `stop_rule` cancels and forgets it, so
+    /// the next use gets a fresh one.
     fn rule_token(&self, id: &str) -> CancellationToken {
         lock(&self.rule_tokens)
             .entry(id.to_string())
@@ -278,6 +271,11 @@ impl Core {
     /// buckets or prefixes changed) get a new enable point; rules disabled or removed stop.
     /// `only` limits this to one rule. Every outcome is also an event.
     pub async fn reconcile(&self, only: Option<&str>) -> Result<Reconciled> {
+        self.reconcile_with(only, None).await
+    }
+
+    /// `reconcile`, with the token a command's enabling runs under (a disable cancels it).
+    async fn reconcile_with(&self, only: Option<&str>, token: Option<&CancellationToken>) -> Result<Reconciled> {
         let config = self.config();
         let clients = self.clients();
         let mut out = Reconciled::default();
@@ -290,7 +288,14 @@ impl Core {
                 if active && same_scope {
                     continue;
                 }
-                let refusals = preflight::check_rule(&clients, rule).await;
+                let token = token.cloned().unwrap_or_else(|| self.rule_token(&rule.id));
+                let refusals = tokio::select! {
+                    r = preflight::check_rule(&clients, rule) => r,
+                    _ = token.cancelled() => vec![Refusal {
+                        rule: rule.id.clone(),
+                        message: "the rule was disabled while it was being enabled".into(),
+                    }],
+                };
                 if !refusals.is_empty() {
                     self.emit(Event::RuleRefused {
                         rule: rule.id.clone(),
@@ -310,7 +315,7 @@ impl Core {
                     self.emit(Event::Notice { message: m.clone() });
                     out.messages.push(m);
                 }
-                let (enable_point, existing) = match self.enable_rule(rule).await {
+                let (enable_point, existing) = match self.enable_rule(rule, &token).await {
                     Ok(v) => v,
                     Err(e) => {
                         let reason = format!("{e:#}");
@@ -377,8 +382,10 @@ impl Core {
     /// Records a new enable point: every version that exists now is part of the baseline and is
     /// never replicated in real time; versions not in the baseline are new. Returns the enable
     /// point and the size of the baseline. A disable while the baseline is listed cancels it.
-    async fn enable_rule(&self, rule: &Rule) -> Result<(i64, usize)> {
-        let token = self.renew_rule_token(&rule.id);
+    async fn enable_rule(&self, rule: &Rule, token: &CancellationToken) -> Result<(i64, usize)> {
+        if token.is_cancelled() {
+            anyhow::bail!("rule {:?} was disabled while it was being enabled", rule.id);
+        }
         let generation = self
             .store
             .begin_enable(&rule.id, &rule.scope_signature(), &rule.destination.to_string())?;
@@ -386,7 +393,16 @@ impl Core {
         let src = clients.get(&rule.source.endpoint)?;
         let existing = tokio::select! {
             r = scan::baseline(src, rule, generation, &self.store) => r?,
-            _ = token.cancelled() => anyhow::bail!("rule {:?} was disabled or changed while its baseline was being listed", rule.id),
+            _ = token.cancelled() => {
+                // Whoever cancelled stopped the rule; make sure no half-enabled state is left.
+                if let Ok(Some(s)) = self.store.rule_state(&rule.id)
+                    && s.state == "enabling"
+                    && s.generation == generation
+                {
+                    self.store.disable(&rule.id, "disabled")?;
+                }
+                anyhow::bail!("rule {:?} was disabled or changed while its baseline was being listed", rule.id)
+            }
         };
         let enable_point = now_ms();
         if !self.store.finish_enable(&rule.id, generation, enable_point)? {
