@@ -203,14 +203,19 @@ async fn the_service_socket_speaks_the_protocol_end_to_end() {
         )
         .await
         .expect("write");
-    put(&env.gz, "src-bucket", "socket.txt", "over the socket").await;
     let (mut reply, mut error, mut snapshot, mut done_event) = (None, None, None, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while reply.is_none() || error.is_none() || snapshot.is_none() || done_event.is_none() {
+        assert!(Instant::now() < deadline, "missing messages\n{}", serve.output());
         let m = next().await;
         match m["type"].as_str() {
             Some("reply") => reply = Some(m),
             Some("error") => error = Some(m),
-            Some("snapshot") if m["snapshot"]["rules"][0]["state"] == "enabled" => snapshot = Some(m),
+            Some("snapshot") if snapshot.is_none() && m["snapshot"]["rules"][0]["state"] == "enabled" => {
+                snapshot = Some(m);
+                // Written after the enable point, so it is replicated.
+                put(&env.gz, "src-bucket", "socket.txt", "over the socket").await;
+            }
             Some("event") if m["event"]["event"] == "task_done" => done_event = Some(m),
             _ => {}
         }

@@ -8,11 +8,14 @@ use crate::s3::{S3, VersionEntry, chronological};
 use crate::store::{NewChange, Store, TaskKind, now_ms};
 use anyhow::Result;
 
-/// Lists every version in the rule's scope and hands it to `each` one key at a time, all
-/// versions of a key together (a key's versions may straddle listing pages).
-async fn list_scope<F>(src: &S3, rule: &Rule, mut each: F) -> Result<()>
+/// Lists every version in the rule's scope that `keep` lets through and hands it to `each` one
+/// key at a time, all kept versions of a key together (a key's versions may straddle listing
+/// pages). Only kept versions are carried from page to page, so a key with millions of
+/// versions costs memory only for those kept (for a scan: the ones not seen yet).
+async fn list_scope<F, K>(src: &S3, rule: &Rule, mut keep: K, mut each: F) -> Result<()>
 where
     F: FnMut(Vec<VersionEntry>) -> Result<()>,
+    K: FnMut(&[VersionEntry]) -> Result<Vec<bool>>,
 {
     for prefix in rule.scan_prefixes() {
         let mut marker = None;
@@ -21,16 +24,24 @@ where
         let mut offset = 0;
         loop {
             let page = src.list_versions_page(&rule.source.bucket, &prefix, marker).await?;
-            let mut entries = std::mem::take(&mut carry);
             let count = page.entries.len();
-            entries.extend(page.entries.into_iter().filter(|e| rule.in_scope(&e.key)).map(|mut e| {
-                e.list_index += offset;
-                e
-            }));
+            let in_scope: Vec<VersionEntry> = page
+                .entries
+                .into_iter()
+                .filter(|e| rule.in_scope(&e.key))
+                .map(|mut e| {
+                    e.list_index += offset;
+                    e
+                })
+                .collect();
+            // The last key of a page may go on in the next: remember it before filtering.
+            let last_key = in_scope.iter().map(|e| e.key.clone()).max();
+            let kept = keep(&in_scope)?;
+            let mut entries = std::mem::take(&mut carry);
+            entries.extend(in_scope.into_iter().zip(kept).filter(|(_, k)| *k).map(|(e, _)| e));
             offset += count;
             // Versions and markers arrive as two lists; regroup them by key, in key order.
             entries.sort_by(|a, b| a.key.cmp(&b.key));
-            let last_key = entries.last().map(|e| e.key.clone());
             let mut start = 0;
             while start < entries.len() {
                 let key = entries[start].key.clone();
@@ -60,22 +71,20 @@ where
 
 /// Records everything in scope now as the rule's baseline. Returns how many versions.
 pub async fn baseline(src: &S3, rule: &Rule, generation: i64, store: &Store) -> Result<usize> {
-    let mut batch: Vec<(String, String)> = Vec::new();
     let mut total = 0;
-    list_scope(src, rule, |group| {
-        for e in group {
-            batch.push((e.key, e.version_id));
-        }
-        if batch.len() >= 1000 {
+    // Order does not matter here: each page is recorded as it comes, nothing is carried.
+    list_scope(
+        src,
+        rule,
+        |page| {
+            let batch: Vec<(String, String)> = page.iter().map(|e| (e.key.clone(), e.version_id.clone())).collect();
             total += batch.len();
             store.add_baseline(&rule.id, generation, &batch)?;
-            batch.clear();
-        }
-        Ok(())
-    })
+            Ok(vec![false; page.len()])
+        },
+        |_| Ok(()),
+    )
     .await?;
-    total += batch.len();
-    store.add_baseline(&rule.id, generation, &batch)?;
     Ok(total)
 }
 
@@ -85,7 +94,8 @@ pub async fn scan(src: &S3, rule: &Rule, generation: i64, store: &Store) -> Resu
     let started = now_ms();
     let mut queued = 0;
     let mut batch: Vec<NewChange> = Vec::new();
-    list_scope(src, rule, |mut group| {
+    let unseen = |page: &[VersionEntry]| store.unseen(&rule.id, page);
+    list_scope(src, rule, unseen, |mut group| {
         chronological(&mut group);
         for e in group {
             batch.push(NewChange {

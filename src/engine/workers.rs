@@ -18,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 /// How long in-flight copies may finish after a stop was asked for; then they are aborted and
 /// left resumable.
 pub(super) const GRACE: Duration = Duration::from_secs(10);
+/// How often a long-running engine forgets the tasks nothing needs any more.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 impl Core {
     /// Runs one task to its outcome.
@@ -252,6 +254,7 @@ impl Core {
             self.store.update_sync_point(&rule.id)?;
         }
         self.sweep_uploads().await;
+        self.prune();
         let after = *lock(&self.replicated_now);
         let (replicated, replicated_bytes) = (after.0 - before.0, after.1 - before.1);
         let failed = self
@@ -291,8 +294,13 @@ impl Core {
                 }
             })
         };
+        let mut pruned = Instant::now();
         loop {
             self.spawn_listers();
+            if pruned.elapsed() > PRUNE_EVERY {
+                pruned = Instant::now();
+                self.prune();
+            }
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.shutdown.cancelled() => break,
@@ -316,6 +324,14 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    fn prune(&self) {
+        match self.store.prune_tasks() {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tasks = n, "forgot finished tasks nothing needs any more"),
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "could not prune finished tasks"),
+        }
     }
 
     /// After a key's last queued change is replicated, checks that the destination's latest

@@ -91,6 +91,9 @@ CREATE TABLE IF NOT EXISTS scans (
 );
 "#;
 
+/// Scans kept per rule for the last sync point.
+const MAX_SCANS: i64 = 256;
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -653,6 +656,19 @@ impl Store {
                 queued_bytes,
             );
             Ok(queued)
+        })
+    }
+
+    /// For each entry, whether the rule has not seen that version yet.
+    pub fn unseen(&self, rule_id: &str, entries: &[crate::s3::VersionEntry]) -> Result<Vec<bool>> {
+        blocking(|| {
+            let db = self.db();
+            let mut st = db.prepare_cached("SELECT 1 FROM seen WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3")?;
+            let mut out = Vec::with_capacity(entries.len());
+            for e in entries {
+                out.push(!st.exists(params![rule_id, e.key, e.version_id])?);
+            }
+            Ok(out)
         })
     }
 
@@ -1339,13 +1355,56 @@ impl Store {
                 if !is_current(&tx, rule_id, generation)? {
                     return Ok(());
                 }
+                // A scan that queued nothing new supersedes the earlier ones with the same mark.
+                tx.execute(
+                    "DELETE FROM scans WHERE rule_id = ?1 AND generation = ?2 AND max_task_id = ?3",
+                    params![rule_id, generation, max_task_id],
+                )?;
                 tx.execute(
                     "INSERT INTO scans (rule_id, generation, started_at, max_task_id) VALUES (?1, ?2, ?3, ?4)",
                     params![rule_id, generation, started_at, max_task_id],
                 )?;
+                // While a failed task holds the sync point back, scans that found changes pile
+                // up: keep the oldest and the newest, thinning those between (the sync point can
+                // only come out earlier than the truth, never later).
+                let count: i64 =
+                    tx.query_row("SELECT COUNT(*) FROM scans WHERE rule_id = ?1", [rule_id], |r| r.get(0))?;
+                if count > MAX_SCANS {
+                    tx.execute(
+                        "DELETE FROM scans WHERE rowid IN (SELECT rowid FROM scans WHERE rule_id = ?1
+                         ORDER BY started_at LIMIT 1 OFFSET 1)",
+                        [rule_id],
+                    )?;
+                }
                 tx.commit()?;
             }
             self.update_sync_point(rule_id)
+        })
+    }
+
+    /// Forgets finished tasks nothing needs any more: those of a key with a newer replicated
+    /// change (provenance and supersede checks only read the newest), and those of earlier
+    /// generations; never the tasks of a rule's latest migration (its figures) or one with an
+    /// upload still to abort. Returns how many went.
+    pub fn prune_tasks(&self) -> Result<usize> {
+        blocking(|| {
+            let filter = "state IN ('done', 'skipped', 'dropped') AND upload_id IS NULL
+                 AND (migration_id IS NULL OR migration_id != (SELECT MAX(m.id) FROM migrations m WHERE m.rule_id = tasks.rule_id))
+                 AND (generation != (SELECT generation FROM rules r WHERE r.rule_id = tasks.rule_id)
+                      OR EXISTS (SELECT 1 FROM tasks n WHERE n.rule_id = tasks.rule_id AND n.key = tasks.key
+                                 AND n.id > tasks.id AND n.state = 'done' AND n.generation = tasks.generation))
+                 AND ?1";
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let gone = count_where(&tx, filter, &1)?;
+            let n = tx.execute(&format!("DELETE FROM tasks WHERE {filter}"), [1])?;
+            tx.execute("DELETE FROM parts WHERE task_id NOT IN (SELECT id FROM tasks)", [])?;
+            tx.commit()?;
+            let mut t = self.tallies();
+            for (key, state, count, bytes) in gone {
+                t.shift(&key, Some(state), None, count, bytes);
+            }
+            Ok(n)
         })
     }
 
@@ -1435,6 +1494,27 @@ mod tests {
         let again = s.claim(now_ms()).unwrap().unwrap();
         assert_eq!(again.version_id, "v1");
         assert!(s.superseded(&again).unwrap(), "v1 is older than the replicated v2");
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_replica_of_each_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let g = s.begin_enable("r", "scope", "sh/b").unwrap();
+        assert!(s.finish_enable("r", g, 1).unwrap());
+        s.queue_new("r", g, &[change("a", "v1"), change("a", "v2"), change("b", "w1")])
+            .unwrap();
+        for _ in 0..3 {
+            let t = s.claim(now_ms()).unwrap().unwrap();
+            let dest = format!("d-{}", t.version_id);
+            s.complete(&t, Some(&dest), 1).unwrap();
+        }
+        assert_eq!(s.prune_tasks().unwrap(), 1, "only a/v1 has a newer replica");
+        assert_eq!(s.replica_of("r", "a", "v2", g).unwrap(), Some(Some("d-v2".into())));
+        assert_eq!(s.replica_of("r", "a", "v1", g).unwrap(), None);
+        assert_eq!(s.replica_of("r", "b", "w1", g).unwrap(), Some(Some("d-w1".into())));
+        assert_eq!(s.tally("r", None).done.objects, 2);
+        assert_eq!(s.prune_tasks().unwrap(), 0);
     }
 
     #[test]
