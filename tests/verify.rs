@@ -9,6 +9,7 @@ use common::{Env, Rule, create_bucket, get_bytes, key_versions, pseudo_random_by
 use crr::engine::Engine;
 use fault::{Call, Fault, Proxy};
 use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
@@ -179,4 +180,45 @@ async fn a_kms_destination_etag_does_not_fail_a_good_write() {
     // The ETag could not say the bytes arrived whole: the server checked them by Content-MD5.
     let puts = proxy.calls(Call::PutObject);
     assert!(puts.iter().all(|p| p.content_md5.is_some()), "{puts:?}");
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_but_moving_upload_longer_than_the_stall_window_completes() {
+    let env = Env::start().await;
+    let (engine, _proxy) = setup(&env, Vec::new(), "bandwidth_limit = \"100KiB\"\nstall_timeout = \"2s\"").await;
+    let body = pseudo_random_bytes(600 * KIB, 8);
+    put(&env.gz, "src-bucket", "slow.bin", body.clone()).await;
+
+    let started = Instant::now();
+    let summary = engine.run_once().await.expect("run");
+    let took = started.elapsed();
+    assert!(summary.failed.is_empty(), "{:?}", failures(&summary));
+    assert!(took >= Duration::from_secs(4), "not paced: {took:?}");
+    assert_eq!(get_bytes(&env.sh, "dst-bucket", "slow.bin").await, Some(body));
+    assert_eq!(key_versions(&env.sh, "dst-bucket", "slow.bin").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_fails_and_says_it_stalled() {
+    let env = Env::start().await;
+    let faults = vec![Fault::BlackHole { call: Call::PutObject }];
+    let (engine, _proxy) = setup(&env, faults, "stall_timeout = \"2s\"").await;
+    let text = env.read_config_text().replace("max_attempts = 3", "max_attempts = 1");
+    env.write_config_text(&text);
+    engine.reload().await.expect("reload");
+    put(&env.gz, "src-bucket", "stuck.bin", pseudo_random_bytes(600 * KIB, 9)).await;
+
+    let started = Instant::now();
+    let summary = tokio::time::timeout(Duration::from_secs(30), engine.run_once())
+        .await
+        .expect("the stalled upload was still waiting after 30 s")
+        .expect("run");
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    let why = failures(&summary);
+    assert_eq!(why.len(), 1, "{why:?}");
+    assert!(
+        why[0].contains("stalled"),
+        "the failure does not say it stalled: {why:?}"
+    );
+    assert!(!why[0].contains("cannot connect"), "{why:?}");
+    eprintln!("stall message: {}", why[0]);
 }

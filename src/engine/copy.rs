@@ -14,8 +14,8 @@
 use crate::config::Overwrite;
 use crate::config::{EngineConfig, Rule};
 use crate::engine::limit::Limiter;
-use crate::engine::progress::{Metered, Progress, TaskProgress};
-use crate::s3::{S3, S3Error, s3_error};
+use crate::engine::progress::{Activity, Metered, Progress, Stalled, TaskProgress, read_all, watch};
+use crate::s3::{S3, S3Error, s3_error, streaming_request};
 use crate::store::{Store, Task, TaskKind};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass};
@@ -376,40 +376,31 @@ impl CopyCtx<'_> {
             self.tags(task).await?
         };
         let streamed = Arc::new(std::sync::Mutex::new(Md5::new()));
+        let activity = Activity::new(size);
         let (body, md5) = match src_md5 {
             Some(md5) => (
-                Metered::stream(
+                Metered::watched(
                     got.body,
                     task.id,
                     self.progress.clone(),
                     self.limits.clone(),
                     Some(streamed.clone()),
+                    Some(activity.clone()),
                 ),
                 md5,
             ),
             None => {
-                let bytes = got
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| {
-                        CopyError::Retry(format!("GetObject {}: reading the body: {e}", self.src_target(task)))
-                    })?
-                    .into_bytes();
-                if bytes.len() as u64 != size {
-                    return Err(CopyError::Retry(format!(
-                        "GetObject {}: the source sent {} bytes, expected {size}",
-                        self.src_target(task),
-                        bytes.len()
-                    )));
-                }
+                let bytes = self
+                    .read_source(task, got.body, size, None, &Activity::new(size))
+                    .await?;
                 let md5 = md5_of(&bytes);
-                let body = Metered::stream(
+                let body = Metered::watched(
                     ByteStream::from(bytes),
                     task.id,
                     self.progress.clone(),
                     self.limits.clone(),
                     None,
+                    Some(activity.clone()),
                 );
                 (body, md5)
             }
@@ -432,6 +423,7 @@ impl CopyCtx<'_> {
             .set_storage_class(self.storage_class(headers.storage_class.as_deref()))
             .set_tagging(encode_tags(&tags))
             .customize()
+            .config_override(streaming_request())
             // The body is a one-pass stream; hashing it for the signature would need it twice.
             .disable_payload_signing();
         if let Some(expires) = headers.expires.clone() {
@@ -440,7 +432,10 @@ impl CopyCtx<'_> {
                 req.headers_mut().insert("expires", expires.clone());
             });
         }
-        let out = match put.send().await {
+        let sent = watch(put.send(), &activity, self.engine.stall_timeout)
+            .await
+            .map_err(|stall| self.stalled(task, "PutObject", stall))?;
+        let out = match sent {
             Ok(out) => out,
             Err(e) => {
                 let e = s3_error("PutObject", &self.dst_target(&task.key), e);
@@ -470,6 +465,46 @@ impl CopyCtx<'_> {
             dest_version,
             bytes: size,
         }))
+    }
+
+    /// Reads a source body (one object or one part of `len` bytes) into memory, watched for
+    /// stalls.
+    async fn read_source(
+        &self,
+        task: &Task,
+        body: ByteStream,
+        len: u64,
+        part: Option<i32>,
+        activity: &Activity,
+    ) -> Result<bytes::Bytes, CopyError> {
+        let what = match part {
+            Some(n) => format!("reading part {n} of {}", self.src_target(task)),
+            None => format!("GetObject {}: reading the body", self.src_target(task)),
+        };
+        let read = watch(
+            read_all(body, activity, len as usize),
+            activity,
+            self.engine.stall_timeout,
+        )
+        .await
+        .map_err(|stall| CopyError::Retry(format!("{what}: {}", stall.from_source())))?;
+        let bytes = read.map_err(|e| CopyError::Retry(format!("{what}: {e}")))?;
+        if bytes.len() as u64 != len {
+            return Err(CopyError::Retry(format!(
+                "{what}: the source sent {} bytes, expected {len}",
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// The error for a transfer abandoned by the stall watchdog, naming the side that stalled.
+    fn stalled(&self, task: &Task, op: &str, stall: Stalled) -> CopyError {
+        if stall.on_source {
+            CopyError::Retry(format!("GetObject {}: {stall}", self.src_target(task)))
+        } else {
+            CopyError::Retry(format!("{op} {}: {stall}", self.dst_target(&task.key)))
+        }
     }
 
     /// Accepts a whole-object write: by its ETag when that is the MD5 of the bytes sent;
@@ -753,14 +788,16 @@ impl CopyCtx<'_> {
                 .await;
         }
         let digest = Arc::new(std::sync::Mutex::new(Md5::new()));
-        let body = Metered::stream(
+        let activity = Activity::new(len);
+        let body = Metered::watched(
             got.body,
             task.id,
             self.progress.clone(),
             self.limits.clone(),
             Some(digest.clone()),
+            Some(activity.clone()),
         );
-        let out = self
+        let send = self
             .dst
             .client
             .upload_part()
@@ -771,9 +808,12 @@ impl CopyCtx<'_> {
             .content_length(len as i64)
             .body(body)
             .customize()
+            .config_override(streaming_request())
             .disable_payload_signing()
-            .send()
+            .send();
+        let out = watch(send, &activity, self.engine.stall_timeout)
             .await
+            .map_err(|stall| self.stalled(task, "UploadPart", stall))?
             .map_err(|e| s3_error("UploadPart", &self.dst_target(&task.key), e))?;
         let md5 = take_md5(&digest);
         let etag = out.e_tag().unwrap_or_default().to_string();
@@ -821,27 +861,19 @@ impl CopyCtx<'_> {
         len: u64,
         dst_opaque: &AtomicBool,
     ) -> Result<(i32, String, u64), CopyError> {
-        let bytes = body
-            .collect()
-            .await
-            .map_err(|e| CopyError::Retry(format!("reading part {n} of {}: {e}", self.src_target(task))))?
-            .into_bytes();
-        if bytes.len() as u64 != len {
-            return Err(CopyError::Retry(format!(
-                "reading part {n} of {}: the source sent {} bytes, expected {len}",
-                self.src_target(task),
-                bytes.len()
-            )));
-        }
+        let read = Activity::new(len);
+        let bytes = self.read_source(task, body, len, Some(n), &read).await?;
         let md5 = md5_of(&bytes);
-        let body = Metered::stream(
+        let activity = Activity::new(len);
+        let body = Metered::watched(
             ByteStream::from(bytes),
             task.id,
             self.progress.clone(),
             self.limits.clone(),
             None,
+            Some(activity.clone()),
         );
-        let out = self
+        let send = self
             .dst
             .client
             .upload_part()
@@ -853,9 +885,12 @@ impl CopyCtx<'_> {
             .content_md5(base64(&md5))
             .body(body)
             .customize()
+            .config_override(streaming_request())
             .disable_payload_signing()
-            .send()
+            .send();
+        let out = watch(send, &activity, self.engine.stall_timeout)
             .await
+            .map_err(|stall| self.stalled(task, "UploadPart", stall))?
             .map_err(|e| s3_error("UploadPart", &self.dst_target(&task.key), e))?;
         let etag = out.e_tag().unwrap_or_default().to_string();
         let opaque = opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm());
