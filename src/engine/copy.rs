@@ -16,7 +16,9 @@ use crate::config::{EngineConfig, Rule};
 use crate::engine::limit::Limiter;
 use crate::engine::progress::{Activity, Metered, Progress, Stalled, TaskProgress, read_all, watch};
 use crate::s3::{S3, S3Error, s3_error, streaming_request};
+use crate::store::replica::Replica;
 use crate::store::{Store, Task, TaskKind};
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass};
 use futures::StreamExt;
@@ -80,6 +82,61 @@ struct Headers {
     expires: Option<String>,
     metadata: Option<HashMap<String, String>>,
     storage_class: Option<String>,
+}
+
+impl Headers {
+    fn from_head(h: &HeadObjectOutput) -> Headers {
+        Headers {
+            content_type: h.content_type().map(str::to_string),
+            cache_control: h.cache_control().map(str::to_string),
+            content_disposition: h.content_disposition().map(str::to_string),
+            content_encoding: h.content_encoding().map(str::to_string),
+            content_language: h.content_language().map(str::to_string),
+            expires: h.expires_string().map(str::to_string),
+            metadata: h.metadata().cloned(),
+            storage_class: h.storage_class().map(|s| s.as_str().to_string()),
+        }
+    }
+
+    /// A digest of what a replica must carry besides its bytes: content headers, user metadata
+    /// and tags, in a canonical form (header values trimmed, metadata keys in lower case, both
+    /// sorted; Expires as a time where it parses). The storage class is left out: servers omit
+    /// STANDARD.
+    fn digest(&self, tags: &[(String, String)]) -> String {
+        use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
+        let mut fields: Vec<String> = Vec::new();
+        let text = |v: &Option<String>| v.as_deref().map(str::trim).unwrap_or_default().to_string();
+        fields.push(text(&self.content_type));
+        fields.push(text(&self.cache_control));
+        fields.push(text(&self.content_disposition));
+        fields.push(text(&self.content_encoding));
+        fields.push(text(&self.content_language));
+        let expires = text(&self.expires);
+        fields.push(match DateTime::from_str(&expires, DateTimeFormat::HttpDate) {
+            Ok(t) => t.secs().to_string(),
+            Err(_) => expires,
+        });
+        let mut metadata: Vec<(String, String)> = self
+            .metadata
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        metadata.sort();
+        let mut tags = tags.to_vec();
+        tags.sort();
+        fields.push(metadata.len().to_string());
+        fields.extend(metadata.into_iter().flat_map(|(k, v)| [k, v]));
+        fields.push(tags.len().to_string());
+        fields.extend(tags.into_iter().flat_map(|(k, v)| [k, v]));
+        let mut md5 = Md5::new();
+        for f in &fields {
+            // Length-prefixed, so that no two different field lists hash alike.
+            md5.update((f.len() as u64).to_le_bytes());
+            md5.update(f.as_bytes());
+        }
+        hex::encode(md5.finalize())
+    }
 }
 
 /// An ETag the way providers differ in writing it: without quotes, in lower case.
@@ -247,30 +304,60 @@ impl CopyCtx<'_> {
         })
     }
 
-    /// After an interrupted attempt the previous PUT may have landed: if the destination's
-    /// latest version already has this version's size and ETag, it is not copied again.
+    /// After an interrupted attempt the previous write may have landed. The destination's
+    /// latest version is that write when it matches what crr recorded of the replica before
+    /// sending it: size, expected ETag, content headers, user metadata and tags. Comparing with
+    /// the source instead would take a replica of an earlier version with the same bytes for
+    /// this one, and would not know a multipart replica, whose ETag depends on its parts.
     async fn already_there(&self, task: &Task) -> Result<Option<Copied>, CopyError> {
-        match self.dest_latest(&task.key).await? {
-            Some(h)
-                if h.content_length().unwrap_or(-1) as u64 == task.size
-                    && !task.etag.is_empty()
-                    && h.e_tag().map(normal_etag) == Some(normal_etag(&task.etag)) =>
-            {
-                Ok(Some(Copied {
-                    dest_version: h.version_id().map(str::to_string),
-                    bytes: task.size,
-                }))
-            }
-            _ => Ok(None),
+        let Some(recorded) = self.store.replica(task.id)? else {
+            return Ok(None);
+        };
+        let Some(etag) = recorded.etag.as_deref() else {
+            // The write was never sent whole (a multipart upload not completed).
+            return Ok(None);
+        };
+        let Some(h) = self.dest_latest(&task.key).await? else {
+            return Ok(None);
+        };
+        let same_bytes = h.content_length().unwrap_or(-1) as u64 == recorded.size
+            && !opaque_etag(h.server_side_encryption(), h.sse_customer_algorithm())
+            && h.e_tag().map(normal_etag).as_deref() == Some(etag);
+        if !same_bytes {
+            return Ok(None);
         }
+        let tags = self.dest_tags(&task.key, h.version_id()).await?;
+        if Headers::from_head(&h).digest(&tags) != recorded.digest {
+            return Ok(None);
+        }
+        tracing::info!(task = task.id, key = %task.key, "the write of an interrupted attempt landed: not copied again");
+        Ok(Some(Copied {
+            dest_version: h.version_id().map(str::to_string),
+            bytes: recorded.size,
+        }))
+    }
+
+    async fn dest_tags(&self, key: &str, version: Option<&str>) -> Result<Vec<(String, String)>, CopyError> {
+        let out = self
+            .dst
+            .client
+            .get_object_tagging()
+            .bucket(&self.rule.destination.bucket)
+            .key(key)
+            .set_version_id(version.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| s3_error("GetObjectTagging", &self.dst_target(key), e))?;
+        Ok(out
+            .tag_set()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect())
     }
 
     /// The destination's latest version of `key`, or `None` when there is none (or a delete
     /// marker is latest).
-    async fn dest_latest(
-        &self,
-        key: &str,
-    ) -> Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>, CopyError> {
+    async fn dest_latest(&self, key: &str) -> Result<Option<HeadObjectOutput>, CopyError> {
         match self
             .dst
             .client
@@ -432,6 +519,14 @@ impl CopyCtx<'_> {
                 req.headers_mut().insert("expires", expires.clone());
             });
         }
+        self.store.record_replica(
+            task.id,
+            &Replica {
+                size,
+                etag: Some(hex::encode(md5)),
+                digest: headers.digest(&tags),
+            },
+        )?;
         let sent = watch(put.send(), &activity, self.engine.stall_timeout)
             .await
             .map_err(|stall| self.stalled(task, "PutObject", stall))?;
@@ -564,16 +659,18 @@ impl CopyCtx<'_> {
             .await
             .map_err(|e| s3_error("HeadObject", &self.src_target(task), e))?;
         let size = head.content_length().unwrap_or(0).max(0) as u64;
-        let headers = Headers {
-            content_type: head.content_type().map(str::to_string),
-            cache_control: head.cache_control().map(str::to_string),
-            content_disposition: head.content_disposition().map(str::to_string),
-            content_encoding: head.content_encoding().map(str::to_string),
-            content_language: head.content_language().map(str::to_string),
-            expires: head.expires_string().map(str::to_string),
-            metadata: head.metadata().cloned(),
-            storage_class: head.storage_class().map(|s| s.as_str().to_string()),
-        };
+        let headers = Headers::from_head(&head);
+        let tags = self.tags(task).await?;
+        // What the replica will carry; its ETag follows from the parts, recorded before the
+        // upload is completed.
+        self.store.record_replica(
+            task.id,
+            &Replica {
+                size,
+                etag: None,
+                digest: headers.digest(&tags),
+            },
+        )?;
         // Parts stream when the source's ETag is an MD5 (the common case); otherwise each is
         // read into memory first, to send it with its Content-MD5.
         let buffer_parts = etag_md5(
@@ -615,7 +712,6 @@ impl CopyCtx<'_> {
         let upload_id = match upload_id {
             Some(u) => u,
             None => {
-                let tags = self.tags(task).await?;
                 let mut create = self
                     .dst
                     .client
@@ -694,6 +790,9 @@ impl CopyCtx<'_> {
         } else {
             multipart_etag(parts.iter().map(|(_, e)| e.as_str()))
         };
+        if let Some(expected) = &expected {
+            self.store.set_replica_etag(task.id, expected)?;
+        }
         let completed = CompletedMultipartUpload::builder()
             .set_parts(Some(
                 parts
@@ -1002,6 +1101,41 @@ mod tests {
         let parts = [format!("\"{}\"", hex::encode(a)), hex::encode(b).to_ascii_uppercase()];
         assert_eq!(multipart_etag(parts.iter().map(String::as_str)), Some(want));
         assert_eq!(multipart_etag(["\"kms-opaque\""].into_iter()), None);
+    }
+
+    #[test]
+    fn the_replica_digest_sees_headers_metadata_and_tags_not_their_spelling() {
+        let meta = |k: &str, v: &str| Some(HashMap::from([(k.to_string(), v.to_string())]));
+        let base = Headers {
+            content_type: Some("text/plain".into()),
+            expires: Some("Thu, 01 Jan 2026 00:00:00 GMT".into()),
+            metadata: meta("Owner", "ann"),
+            storage_class: Some("STANDARD_IA".into()),
+            ..Default::default()
+        };
+        let tags = vec![("b".to_string(), "2".to_string()), ("a".to_string(), "1".to_string())];
+        let d = base.digest(&tags);
+        let same = Headers {
+            content_type: Some(" text/plain".into()),
+            expires: Some("Thu, 01 Jan 2026 00:00:00 GMT ".into()),
+            metadata: meta("owner", "ann"),
+            storage_class: None,
+            ..base.clone()
+        };
+        let mut reordered = tags.clone();
+        reordered.reverse();
+        assert_eq!(same.digest(&reordered), d);
+        let other_meta = Headers {
+            metadata: meta("owner", "bob"),
+            ..base.clone()
+        };
+        assert_ne!(other_meta.digest(&tags), d);
+        let other_type = Headers {
+            content_type: Some("text/markdown".into()),
+            ..base.clone()
+        };
+        assert_ne!(other_type.digest(&tags), d);
+        assert_ne!(base.digest(&tags[..1]), d);
     }
 
     #[test]
