@@ -97,6 +97,9 @@ pub struct EngineConfig {
     pub bandwidth_limit: u64,
     pub scan_interval: Duration,
     pub max_attempts: u32,
+    /// A transfer that moves no bytes in either direction for this long has stalled and is
+    /// abandoned (pauses made by the bandwidth limit do not count).
+    pub stall_timeout: Duration,
 }
 
 impl Default for EngineConfig {
@@ -109,6 +112,7 @@ impl Default for EngineConfig {
             bandwidth_limit: 0,
             scan_interval: Duration::from_secs(5),
             max_attempts: 10,
+            stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -213,6 +217,7 @@ struct RawEngine {
     bandwidth_limit: Option<Size>,
     scan_interval: Option<Spanned<Dur>>,
     max_attempts: Option<Spanned<i64>>,
+    stall_timeout: Option<Spanned<Dur>>,
 }
 
 #[derive(Deserialize)]
@@ -428,6 +433,17 @@ fn build_engine(raw: Option<RawEngine>, loc: &Locator, errors: &mut Vec<ConfigEr
         Some(s) => s.get_ref().0,
         None => d.scan_interval,
     };
+    let stall_timeout = match raw.stall_timeout {
+        Some(s) if s.get_ref().0 < Duration::from_secs(1) => {
+            errors.push(loc.at(
+                s.span(),
+                "engine.stall_timeout must be at least 1s, e.g. \"30s\": how long a transfer may move no bytes before it is abandoned",
+            ));
+            d.stall_timeout
+        }
+        Some(s) => s.get_ref().0,
+        None => d.stall_timeout,
+    };
     EngineConfig {
         workers,
         multipart_threshold,
@@ -436,6 +452,7 @@ fn build_engine(raw: Option<RawEngine>, loc: &Locator, errors: &mut Vec<ConfigEr
         bandwidth_limit: raw.bandwidth_limit.map(|s| s.0).unwrap_or(0),
         scan_interval,
         max_attempts,
+        stall_timeout,
     }
 }
 
@@ -586,6 +603,19 @@ url = "http://127.0.0.1:2"
         let e = p("[engine]\n\npart_size = \"lots\"\n").unwrap_err();
         assert_eq!(e.0[0].line, 3);
         assert!(e.to_string().contains("16MiB"), "{e}");
+    }
+
+    #[test]
+    fn stall_timeout_is_a_duration_of_at_least_a_second() {
+        assert_eq!(p("").unwrap().engine.stall_timeout, Duration::from_secs(30));
+        let c = p("[engine]\nstall_timeout = \"3s\"\n").unwrap();
+        assert_eq!(c.engine.stall_timeout, Duration::from_secs(3));
+        let e = p("[engine]\nworkers = 2\nstall_timeout = \"10ms\"\n").unwrap_err();
+        assert_eq!(e.0[0].line, 3);
+        assert!(e.to_string().contains("stall_timeout must be at least 1s"), "{e}");
+        let e = p("[engine]\n\nstall_timeout = \"soon\"\n").unwrap_err();
+        assert_eq!(e.0[0].line, 3);
+        assert!(e.to_string().contains("not a duration"), "{e}");
     }
 
     #[test]

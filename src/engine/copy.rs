@@ -1,19 +1,31 @@
-//! Copying one task to the destination: a version (streamed in one PUT below the multipart
-//! threshold, in verified parts above it) or a delete marker. Every replica is checked: ETags
-//! are MD5 sums where the source's is one, part ETags against the MD5 of the bytes sent, and
-//! sizes always. Part progress is persisted so a restart resumes a multipart upload.
+//! Copying one task to the destination: a version (in one PUT below the multipart threshold, in
+//! verified parts above it) or a delete marker. Part progress is persisted so a restart resumes a
+//! multipart upload.
+//!
+//! Every write carries `Content-MD5`, so the destination refuses a body corrupted on the way
+//! rather than storing it as a version. Where the source's ETag is the MD5 of its bytes, that is
+//! known before the body is read, and the body streams from source to destination. Where it is
+//! not (multipart ETags "...-N", SSE-KMS, SSE-C, some providers), one object (at most the
+//! multipart threshold) or one part is read into memory first to compute it. A replica is then
+//! accepted when its ETag is the MD5 of the bytes sent (compared without quotes or case); where
+//! the destination's ETags are not MD5 sums (SSE-KMS there), by its size and the Content-MD5 the
+//! server checked.
 
 use crate::config::Overwrite;
 use crate::config::{EngineConfig, Rule};
 use crate::engine::limit::Limiter;
-use crate::engine::progress::{Metered, Progress, TaskProgress};
-use crate::s3::{S3, S3Error, s3_error};
+use crate::engine::progress::{Activity, Metered, Progress, Stalled, TaskProgress, read_all, watch};
+use crate::s3::{S3, S3Error, s3_error, streaming_request};
+use crate::store::replica::Replica;
 use crate::store::{Store, Task, TaskKind};
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, StorageClass};
+use aws_sdk_s3::operation::head_object::HeadObjectOutput;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass};
 use futures::StreamExt;
 use md5::{Digest, Md5};
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Why a copy did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +84,124 @@ struct Headers {
     storage_class: Option<String>,
 }
 
-fn unquote(etag: &str) -> &str {
-    etag.trim_matches('"')
+impl Headers {
+    fn from_head(h: &HeadObjectOutput) -> Headers {
+        Headers {
+            content_type: h.content_type().map(str::to_string),
+            cache_control: h.cache_control().map(str::to_string),
+            content_disposition: h.content_disposition().map(str::to_string),
+            content_encoding: h.content_encoding().map(str::to_string),
+            content_language: h.content_language().map(str::to_string),
+            expires: h.expires_string().map(str::to_string),
+            metadata: h.metadata().cloned(),
+            storage_class: h.storage_class().map(|s| s.as_str().to_string()),
+        }
+    }
+
+    /// A digest of what a replica must carry besides its bytes: content headers, user metadata
+    /// and tags, in a canonical form (header values trimmed, metadata keys in lower case, both
+    /// sorted; Expires as a time where it parses). The storage class is left out: servers omit
+    /// STANDARD.
+    fn digest(&self, tags: &[(String, String)]) -> String {
+        use aws_sdk_s3::primitives::{DateTime, DateTimeFormat};
+        let mut fields: Vec<String> = Vec::new();
+        let text = |v: &Option<String>| v.as_deref().map(str::trim).unwrap_or_default().to_string();
+        fields.push(text(&self.content_type));
+        fields.push(text(&self.cache_control));
+        fields.push(text(&self.content_disposition));
+        fields.push(text(&self.content_encoding));
+        fields.push(text(&self.content_language));
+        let expires = text(&self.expires);
+        fields.push(match DateTime::from_str(&expires, DateTimeFormat::HttpDate) {
+            Ok(t) => t.secs().to_string(),
+            Err(_) => expires,
+        });
+        let mut metadata: Vec<(String, String)> = self
+            .metadata
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        metadata.sort();
+        let mut tags = tags.to_vec();
+        tags.sort();
+        fields.push(metadata.len().to_string());
+        fields.extend(metadata.into_iter().flat_map(|(k, v)| [k, v]));
+        fields.push(tags.len().to_string());
+        fields.extend(tags.into_iter().flat_map(|(k, v)| [k, v]));
+        let mut md5 = Md5::new();
+        for f in &fields {
+            // Length-prefixed, so that no two different field lists hash alike.
+            md5.update((f.len() as u64).to_le_bytes());
+            md5.update(f.as_bytes());
+        }
+        hex::encode(md5.finalize())
+    }
+}
+
+/// An ETag the way providers differ in writing it: without quotes, in lower case.
+pub fn normal_etag(etag: &str) -> String {
+    etag.trim().trim_matches('"').to_ascii_lowercase()
+}
+
+/// Whether an object's ETag is not its MD5 whatever it looks like: SSE-KMS (and DSSE-KMS)
+/// and SSE-C give other ETags. SSE-S3 keeps MD5 ETags.
+fn opaque_etag(sse: Option<&ServerSideEncryption>, sse_customer: Option<&str>) -> bool {
+    sse.is_some_and(|s| s.as_str().starts_with("aws:kms")) || sse_customer.is_some()
+}
+
+/// The MD5 an ETag stands for, when it stands for one: 32 hex digits, on an object whose
+/// encryption keeps ETags as MD5 sums.
+fn etag_md5(etag: Option<&str>, opaque: bool) -> Option<[u8; 16]> {
+    if opaque {
+        return None;
+    }
+    let etag = normal_etag(etag?);
+    let mut md5 = [0u8; 16];
+    hex::decode_to_slice(etag.as_bytes(), &mut md5).ok()?;
+    Some(md5)
+}
+
+fn md5_of(bytes: &[u8]) -> [u8; 16] {
+    let mut md5 = [0u8; 16];
+    md5.copy_from_slice(&Md5::digest(bytes));
+    md5
+}
+
+fn take_md5(digest: &std::sync::Mutex<Md5>) -> [u8; 16] {
+    let mut md5 = [0u8; 16];
+    md5.copy_from_slice(&std::mem::take(&mut *digest.lock().unwrap_or_else(|p| p.into_inner())).finalize());
+    md5
+}
+
+/// Standard base64 with padding, as the `Content-MD5` header wants it.
+pub fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// How a whole-object PUT ended.
+enum Whole {
+    Done(Copied),
+    /// The source's ETag looked like an MD5 but is not the MD5 of the bytes it sends: the
+    /// destination refused them against it. Nothing was written.
+    EtagNotMd5,
 }
 
 /// Tags in the form the `x-amz-tagging` header takes: `k1=v1&k2=v2`, URL-encoded.
@@ -138,7 +266,7 @@ impl CopyCtx<'_> {
             Overwrite::Never => Some("exists on the destination (overwrite = \"never\")".into()),
             Overwrite::IfDifferent => {
                 let same_size = head.content_length().unwrap_or(-1) as u64 == task.size;
-                let same_etag = !task.etag.is_empty() && head.e_tag().map(unquote) == Some(unquote(&task.etag));
+                let same_etag = !task.etag.is_empty() && head.e_tag().map(normal_etag) == Some(normal_etag(&task.etag));
                 let ours = match head.version_id() {
                     Some(v) => self
                         .store
@@ -176,30 +304,60 @@ impl CopyCtx<'_> {
         })
     }
 
-    /// After an interrupted attempt the previous PUT may have landed: if the destination's
-    /// latest version already has this version's size and ETag, it is not copied again.
+    /// After an interrupted attempt the previous write may have landed. The destination's
+    /// latest version is that write when it matches what crr recorded of the replica before
+    /// sending it: size, expected ETag, content headers, user metadata and tags. Comparing with
+    /// the source instead would take a replica of an earlier version with the same bytes for
+    /// this one, and would not know a multipart replica, whose ETag depends on its parts.
     async fn already_there(&self, task: &Task) -> Result<Option<Copied>, CopyError> {
-        match self.dest_latest(&task.key).await? {
-            Some(h)
-                if h.content_length().unwrap_or(-1) as u64 == task.size
-                    && !task.etag.is_empty()
-                    && h.e_tag().map(unquote) == Some(unquote(&task.etag)) =>
-            {
-                Ok(Some(Copied {
-                    dest_version: h.version_id().map(str::to_string),
-                    bytes: task.size,
-                }))
-            }
-            _ => Ok(None),
+        let Some(recorded) = self.store.replica(task.id)? else {
+            return Ok(None);
+        };
+        let Some(etag) = recorded.etag.as_deref() else {
+            // The write was never sent whole (a multipart upload not completed).
+            return Ok(None);
+        };
+        let Some(h) = self.dest_latest(&task.key).await? else {
+            return Ok(None);
+        };
+        let same_bytes = h.content_length().unwrap_or(-1) as u64 == recorded.size
+            && !opaque_etag(h.server_side_encryption(), h.sse_customer_algorithm())
+            && h.e_tag().map(normal_etag).as_deref() == Some(etag);
+        if !same_bytes {
+            return Ok(None);
         }
+        let tags = self.dest_tags(&task.key, h.version_id()).await?;
+        if Headers::from_head(&h).digest(&tags) != recorded.digest {
+            return Ok(None);
+        }
+        tracing::info!(task = task.id, key = %task.key, "the write of an interrupted attempt landed: not copied again");
+        Ok(Some(Copied {
+            dest_version: h.version_id().map(str::to_string),
+            bytes: recorded.size,
+        }))
+    }
+
+    async fn dest_tags(&self, key: &str, version: Option<&str>) -> Result<Vec<(String, String)>, CopyError> {
+        let out = self
+            .dst
+            .client
+            .get_object_tagging()
+            .bucket(&self.rule.destination.bucket)
+            .key(key)
+            .set_version_id(version.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| s3_error("GetObjectTagging", &self.dst_target(key), e))?;
+        Ok(out
+            .tag_set()
+            .iter()
+            .map(|t| (t.key().to_string(), t.value().to_string()))
+            .collect())
     }
 
     /// The destination's latest version of `key`, or `None` when there is none (or a delete
     /// marker is latest).
-    async fn dest_latest(
-        &self,
-        key: &str,
-    ) -> Result<Option<aws_sdk_s3::operation::head_object::HeadObjectOutput>, CopyError> {
+    async fn dest_latest(&self, key: &str) -> Result<Option<HeadObjectOutput>, CopyError> {
         match self
             .dst
             .client
@@ -248,6 +406,28 @@ impl CopyCtx<'_> {
     }
 
     async fn single(&self, task: &Task) -> Result<Copied, CopyError> {
+        match self.put_whole(task, false).await? {
+            Whole::Done(copied) => Ok(copied),
+            Whole::EtagNotMd5 => {
+                tracing::info!(
+                    task = task.id,
+                    key = %task.key,
+                    "the source's ETag is not the MD5 of its bytes: sending them again with their own MD5"
+                );
+                match self.put_whole(task, true).await? {
+                    Whole::Done(copied) => Ok(copied),
+                    Whole::EtagNotMd5 => Err(CopyError::Retry(format!(
+                        "PutObject {}: the destination refused the body against its own MD5",
+                        self.dst_target(&task.key)
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// One PUT of the whole version. Streamed when the source's ETag gives the MD5 (and
+    /// `buffer` is false); otherwise read into memory first (at most the multipart threshold).
+    async fn put_whole(&self, task: &Task, buffer: bool) -> Result<Whole, CopyError> {
         let got = self
             .src
             .client
@@ -259,7 +439,14 @@ impl CopyCtx<'_> {
             .await
             .map_err(|e| s3_error("GetObject", &self.src_target(task), e))?;
         let size = got.content_length().unwrap_or(0).max(0) as u64;
-        let src_etag = got.e_tag().unwrap_or_default().to_string();
+        let src_md5 = if buffer {
+            None
+        } else {
+            etag_md5(
+                got.e_tag(),
+                opaque_etag(got.server_side_encryption(), got.sse_customer_algorithm()),
+            )
+        };
         let headers = Headers {
             content_type: got.content_type().map(str::to_string),
             cache_control: got.cache_control().map(str::to_string),
@@ -275,6 +462,36 @@ impl CopyCtx<'_> {
         } else {
             self.tags(task).await?
         };
+        let streamed = Arc::new(std::sync::Mutex::new(Md5::new()));
+        let activity = Activity::new(size);
+        let (body, md5) = match src_md5 {
+            Some(md5) => (
+                Metered::watched(
+                    got.body,
+                    task.id,
+                    self.progress.clone(),
+                    self.limits.clone(),
+                    Some(streamed.clone()),
+                    Some(activity.clone()),
+                ),
+                md5,
+            ),
+            None => {
+                let bytes = self
+                    .read_source(task, got.body, size, None, &Activity::new(size))
+                    .await?;
+                let md5 = md5_of(&bytes);
+                let body = Metered::watched(
+                    ByteStream::from(bytes),
+                    task.id,
+                    self.progress.clone(),
+                    self.limits.clone(),
+                    None,
+                    Some(activity.clone()),
+                );
+                (body, md5)
+            }
+        };
         let mut put = self
             .dst
             .client
@@ -282,13 +499,8 @@ impl CopyCtx<'_> {
             .bucket(&self.rule.destination.bucket)
             .key(&task.key)
             .content_length(size as i64)
-            .body(Metered::stream(
-                got.body,
-                task.id,
-                self.progress.clone(),
-                self.limits.clone(),
-                None,
-            ))
+            .content_md5(base64(&md5))
+            .body(body)
             .set_content_type(headers.content_type.clone())
             .set_cache_control(headers.cache_control.clone())
             .set_content_disposition(headers.content_disposition.clone())
@@ -298,6 +510,7 @@ impl CopyCtx<'_> {
             .set_storage_class(self.storage_class(headers.storage_class.as_deref()))
             .set_tagging(encode_tags(&tags))
             .customize()
+            .config_override(streaming_request())
             // The body is a one-pass stream; hashing it for the signature would need it twice.
             .disable_payload_signing();
         if let Some(expires) = headers.expires.clone() {
@@ -306,27 +519,111 @@ impl CopyCtx<'_> {
                 req.headers_mut().insert("expires", expires.clone());
             });
         }
-        let out = put
-            .send()
+        self.store.record_replica(
+            task.id,
+            &Replica {
+                size,
+                etag: Some(hex::encode(md5)),
+                digest: headers.digest(&tags),
+            },
+        )?;
+        let sent = watch(put.send(), &activity, self.engine.stall_timeout)
             .await
-            .map_err(|e| s3_error("PutObject", &self.dst_target(&task.key), e))?;
-        let dest_version = out.version_id().map(str::to_string);
-        let put_etag = out.e_tag().unwrap_or_default();
-        if !src_etag.contains('-') && !src_etag.is_empty() && !put_etag.is_empty() {
-            // A single-part ETag is the MD5 of the bytes: equal ETags mean equal bytes.
-            if unquote(put_etag) != unquote(&src_etag) {
-                return Err(CopyError::Retry(format!(
-                    "verification failed for {}: destination ETag {put_etag} differs from source ETag {src_etag}",
-                    self.dst_target(&task.key)
-                )));
+            .map_err(|stall| self.stalled(task, "PutObject", stall))?;
+        let out = match sent {
+            Ok(out) => out,
+            Err(e) => {
+                let e = s3_error("PutObject", &self.dst_target(&task.key), e);
+                if e.is_code("BadDigest") && src_md5.is_some() {
+                    if take_md5(&streamed) != md5 {
+                        return Ok(Whole::EtagNotMd5);
+                    }
+                    return Err(CopyError::Retry(format!(
+                        "{}: the body did not arrive as it was sent (its Content-MD5 did not match), so the destination refused it",
+                        e.message
+                    )));
+                }
+                return Err(e.into());
             }
-        } else {
-            self.verify_size(task, dest_version.as_deref(), size).await?;
-        }
-        Ok(Copied {
+        };
+        let dest_version = out.version_id().map(str::to_string);
+        self.verify_written(
+            task,
+            dest_version.as_deref(),
+            out.e_tag(),
+            opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm()),
+            &md5,
+            size,
+        )
+        .await?;
+        Ok(Whole::Done(Copied {
             dest_version,
             bytes: size,
-        })
+        }))
+    }
+
+    /// Reads a source body (one object or one part of `len` bytes) into memory, watched for
+    /// stalls.
+    async fn read_source(
+        &self,
+        task: &Task,
+        body: ByteStream,
+        len: u64,
+        part: Option<i32>,
+        activity: &Activity,
+    ) -> Result<bytes::Bytes, CopyError> {
+        let what = match part {
+            Some(n) => format!("reading part {n} of {}", self.src_target(task)),
+            None => format!("GetObject {}: reading the body", self.src_target(task)),
+        };
+        let read = watch(
+            read_all(body, activity, len as usize),
+            activity,
+            self.engine.stall_timeout,
+        )
+        .await
+        .map_err(|stall| CopyError::Retry(format!("{what}: {}", stall.from_source())))?;
+        let bytes = read.map_err(|e| CopyError::Retry(format!("{what}: {e}")))?;
+        if bytes.len() as u64 != len {
+            return Err(CopyError::Retry(format!(
+                "{what}: the source sent {} bytes, expected {len}",
+                bytes.len()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    /// The error for a transfer abandoned by the stall watchdog, naming the side that stalled.
+    fn stalled(&self, task: &Task, op: &str, stall: Stalled) -> CopyError {
+        if stall.on_source {
+            CopyError::Retry(format!("GetObject {}: {stall}", self.src_target(task)))
+        } else {
+            CopyError::Retry(format!("{op} {}: {stall}", self.dst_target(&task.key)))
+        }
+    }
+
+    /// Accepts a whole-object write: by its ETag when that is the MD5 of the bytes sent;
+    /// otherwise (SSE-KMS on the destination) by its size, the bytes having been checked
+    /// against their Content-MD5 by the server.
+    async fn verify_written(
+        &self,
+        task: &Task,
+        version: Option<&str>,
+        etag: Option<&str>,
+        opaque: bool,
+        md5: &[u8; 16],
+        size: u64,
+    ) -> Result<(), CopyError> {
+        match etag_md5(etag, opaque) {
+            Some(got) if got == *md5 => Ok(()),
+            Some(_) => Err(CopyError::Retry(format!(
+                "verification failed for {}: destination ETag {} is not {}, the MD5 of the bytes sent",
+                self.dst_target(&task.key),
+                etag.unwrap_or_default(),
+                hex::encode(md5)
+            ))),
+            None => self.verify_size(task, version, size).await,
+        }
     }
 
     async fn verify_size(&self, task: &Task, version: Option<&str>, size: u64) -> Result<(), CopyError> {
@@ -362,18 +659,30 @@ impl CopyCtx<'_> {
             .await
             .map_err(|e| s3_error("HeadObject", &self.src_target(task), e))?;
         let size = head.content_length().unwrap_or(0).max(0) as u64;
-        let headers = Headers {
-            content_type: head.content_type().map(str::to_string),
-            cache_control: head.cache_control().map(str::to_string),
-            content_disposition: head.content_disposition().map(str::to_string),
-            content_encoding: head.content_encoding().map(str::to_string),
-            content_language: head.content_language().map(str::to_string),
-            expires: head.expires_string().map(str::to_string),
-            metadata: head.metadata().cloned(),
-            storage_class: head.storage_class().map(|s| s.as_str().to_string()),
-        };
+        let headers = Headers::from_head(&head);
+        let tags = self.tags(task).await?;
+        // What the replica will carry; its ETag follows from the parts, recorded before the
+        // upload is completed.
+        self.store.record_replica(
+            task.id,
+            &Replica {
+                size,
+                etag: None,
+                digest: headers.digest(&tags),
+            },
+        )?;
+        // Parts stream when the source's ETag is an MD5 (the common case); otherwise each is
+        // read into memory first, to send it with its Content-MD5.
+        let buffer_parts = etag_md5(
+            head.e_tag(),
+            opaque_etag(head.server_side_encryption(), head.sse_customer_algorithm()),
+        )
+        .is_none();
         let (part_size, part_count) = part_layout(size, self.engine);
         let part_count = part_count as i32;
+        // Whether the destination's part ETags are not MD5 sums (SSE-KMS there): then every
+        // part goes with its Content-MD5, which the server checks.
+        let dst_opaque = AtomicBool::new(false);
 
         // Resume the upload a previous attempt or process started, if it was cut into parts of
         // the same size (the settings may have changed since). Its recorded parts were each
@@ -384,6 +693,9 @@ impl CopyCtx<'_> {
         if let Some(existing) = &upload_id {
             if self.store.upload_part_size(task.id)? == Some(part_size) {
                 for (n, etag, sz) in self.store.parts(task.id)? {
+                    if etag_md5(Some(&etag), false).is_none() {
+                        dst_opaque.store(true, Ordering::Relaxed);
+                    }
                     done.insert(n, (etag, sz));
                 }
                 tracing::info!(task = task.id, parts = done.len(), "resuming a multipart upload");
@@ -400,7 +712,6 @@ impl CopyCtx<'_> {
         let upload_id = match upload_id {
             Some(u) => u,
             None => {
-                let tags = self.tags(task).await?;
                 let mut create = self
                     .dst
                     .client
@@ -425,6 +736,9 @@ impl CopyCtx<'_> {
                     .send()
                     .await
                     .map_err(|e| s3_error("CreateMultipartUpload", &self.dst_target(&task.key), e))?;
+                if opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm()) {
+                    dst_opaque.store(true, Ordering::Relaxed);
+                }
                 let id = out
                     .upload_id()
                     .ok_or_else(|| CopyError::Retry("CreateMultipartUpload returned no upload id".into()))?
@@ -445,7 +759,8 @@ impl CopyCtx<'_> {
         let mut stream = futures::stream::iter(todo.into_iter().map(|n| {
             let start = (n as u64 - 1) * part_size;
             let end = (start + part_size).min(size);
-            self.upload_part(task, upload_id_ref, n, start, end)
+            let part = PartRange { n, start, end };
+            self.upload_part(task, upload_id_ref, part, buffer_parts, &dst_opaque)
         }))
         .buffer_unordered(self.engine.part_concurrency);
         while let Some(result) = stream.next().await {
@@ -470,13 +785,14 @@ impl CopyCtx<'_> {
         }
         let mut parts: Vec<(i32, String)> = done.iter().map(|(n, (e, _))| (*n, e.clone())).collect();
         parts.sort_by_key(|(n, _)| *n);
-        let expected = {
-            let mut all = Vec::new();
-            for (_, e) in &parts {
-                all.extend(hex::decode(unquote(e)).unwrap_or_default());
-            }
-            format!("{}-{}", hex::encode(Md5::digest(&all)), parts.len())
+        let expected = if dst_opaque.load(Ordering::Relaxed) {
+            None
+        } else {
+            multipart_etag(parts.iter().map(|(_, e)| e.as_str()))
         };
+        if let Some(expected) = &expected {
+            self.store.set_replica_etag(task.id, expected)?;
+        }
         let completed = CompletedMultipartUpload::builder()
             .set_parts(Some(
                 parts
@@ -503,8 +819,12 @@ impl CopyCtx<'_> {
             })?;
         self.store.set_upload(task.id, None)?;
         let dest_version = out.version_id().map(str::to_string);
-        let final_etag = out.e_tag().map(unquote).unwrap_or_default();
-        if final_etag.contains('-') && final_etag != expected {
+        let final_etag = out.e_tag().map(normal_etag).unwrap_or_default();
+        if let Some(expected) = expected
+            && !opaque_etag(out.server_side_encryption(), None)
+            && final_etag.contains('-')
+            && final_etag != expected
+        {
             return Err(CopyError::Retry(format!(
                 "verification failed for {}: multipart ETag {final_etag}, expected {expected} from the parts sent",
                 self.dst_target(&task.key)
@@ -529,16 +849,19 @@ impl CopyCtx<'_> {
         err
     }
 
-    /// Streams one byte range of the source version into an uploaded part (memory: one chunk,
-    /// not one part), hashing the bytes as they go, and checks that the part's ETag is their MD5.
+    /// Copies one byte range of the source version into an uploaded part and checks it.
+    /// Streamed (memory: one chunk, hashed on the way) unless `buffer` is set or the
+    /// destination's part ETags turned out not to be MD5 sums; then the part is read into
+    /// memory first and sent with its Content-MD5, which the server checks.
     async fn upload_part(
         &self,
         task: &Task,
         upload_id: &str,
-        n: i32,
-        start: u64,
-        end: u64,
+        part: PartRange,
+        buffer: bool,
+        dst_opaque: &AtomicBool,
     ) -> Result<(i32, String, u64), CopyError> {
+        let PartRange { n, start, end } = part;
         let got = self
             .src
             .client
@@ -558,15 +881,22 @@ impl CopyCtx<'_> {
                 got.content_length()
             )));
         }
+        if buffer || dst_opaque.load(Ordering::Relaxed) {
+            return self
+                .upload_part_buffered(task, upload_id, n, got.body, len, dst_opaque)
+                .await;
+        }
         let digest = Arc::new(std::sync::Mutex::new(Md5::new()));
-        let body = Metered::stream(
+        let activity = Activity::new(len);
+        let body = Metered::watched(
             got.body,
             task.id,
             self.progress.clone(),
             self.limits.clone(),
             Some(digest.clone()),
+            Some(activity.clone()),
         );
-        let out = self
+        let send = self
             .dst
             .client
             .upload_part()
@@ -577,20 +907,125 @@ impl CopyCtx<'_> {
             .content_length(len as i64)
             .body(body)
             .customize()
+            .config_override(streaming_request())
             .disable_payload_signing()
-            .send()
+            .send();
+        let out = watch(send, &activity, self.engine.stall_timeout)
             .await
+            .map_err(|stall| self.stalled(task, "UploadPart", stall))?
             .map_err(|e| s3_error("UploadPart", &self.dst_target(&task.key), e))?;
-        let md5 = hex::encode(std::mem::take(&mut *digest.lock().unwrap_or_else(|p| p.into_inner())).finalize());
+        let md5 = take_md5(&digest);
         let etag = out.e_tag().unwrap_or_default().to_string();
-        if unquote(&etag) != md5 {
-            return Err(CopyError::Retry(format!(
-                "verification failed for part {n} of {}: ETag {etag}, MD5 of the bytes sent {md5}",
-                self.dst_target(&task.key)
-            )));
+        match etag_md5(
+            Some(&etag),
+            opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm()),
+        ) {
+            Some(got) if got == md5 => Ok((n, etag, len)),
+            Some(_) => Err(CopyError::Retry(format!(
+                "verification failed for part {n} of {}: ETag {etag}, MD5 of the bytes sent {}",
+                self.dst_target(&task.key),
+                hex::encode(md5)
+            ))),
+            None => {
+                // The ETag cannot vouch for the part: send it again, checked by Content-MD5
+                // (the same part number replaces it), and so every later part.
+                tracing::info!(key = %task.key, part = n, "the destination's part ETags are not MD5 sums: parts go with Content-MD5");
+                dst_opaque.store(true, Ordering::Relaxed);
+                self.progress
+                    .set(task.id, |p| p.bytes_done = p.bytes_done.saturating_sub(len));
+                let again = self
+                    .src
+                    .client
+                    .get_object()
+                    .bucket(&self.rule.source.bucket)
+                    .key(&task.key)
+                    .version_id(&task.version_id)
+                    .range(format!("bytes={}-{}", start, end - 1))
+                    .send()
+                    .await
+                    .map_err(|e| s3_error("GetObject", &self.src_target(task), e))?;
+                self.upload_part_buffered(task, upload_id, n, again.body, len, dst_opaque)
+                    .await
+            }
         }
-        Ok((n, etag, len))
     }
+
+    /// One part read into memory, then sent with its Content-MD5.
+    async fn upload_part_buffered(
+        &self,
+        task: &Task,
+        upload_id: &str,
+        n: i32,
+        body: ByteStream,
+        len: u64,
+        dst_opaque: &AtomicBool,
+    ) -> Result<(i32, String, u64), CopyError> {
+        let read = Activity::new(len);
+        let bytes = self.read_source(task, body, len, Some(n), &read).await?;
+        let md5 = md5_of(&bytes);
+        let activity = Activity::new(len);
+        let body = Metered::watched(
+            ByteStream::from(bytes),
+            task.id,
+            self.progress.clone(),
+            self.limits.clone(),
+            None,
+            Some(activity.clone()),
+        );
+        let send = self
+            .dst
+            .client
+            .upload_part()
+            .bucket(&self.rule.destination.bucket)
+            .key(&task.key)
+            .upload_id(upload_id)
+            .part_number(n)
+            .content_length(len as i64)
+            .content_md5(base64(&md5))
+            .body(body)
+            .customize()
+            .config_override(streaming_request())
+            .disable_payload_signing()
+            .send();
+        let out = watch(send, &activity, self.engine.stall_timeout)
+            .await
+            .map_err(|stall| self.stalled(task, "UploadPart", stall))?
+            .map_err(|e| s3_error("UploadPart", &self.dst_target(&task.key), e))?;
+        let etag = out.e_tag().unwrap_or_default().to_string();
+        let opaque = opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm());
+        if opaque {
+            dst_opaque.store(true, Ordering::Relaxed);
+        }
+        match etag_md5(Some(&etag), opaque) {
+            Some(got) if got != md5 => Err(CopyError::Retry(format!(
+                "verification failed for part {n} of {}: ETag {etag}, MD5 of the bytes sent {}",
+                self.dst_target(&task.key),
+                hex::encode(md5)
+            ))),
+            // Equal, or not an MD5: the server checked the bytes against their Content-MD5.
+            _ => Ok((n, etag, len)),
+        }
+    }
+}
+
+/// One part's number and byte range in the source version.
+#[derive(Clone, Copy)]
+struct PartRange {
+    n: i32,
+    start: u64,
+    end: u64,
+}
+
+/// The ETag S3 gives a multipart upload of these parts: the MD5 of their MD5 sums, then "-"
+/// and their number. `None` when a part ETag is not an MD5.
+fn multipart_etag<'a>(part_etags: impl Iterator<Item = &'a str>) -> Option<String> {
+    let mut all = Vec::new();
+    let mut count = 0;
+    for e in part_etags {
+        all.extend(etag_md5(Some(e), false)?);
+        count += 1;
+    }
+    Some(format!("{}-{count}", hex::encode(Md5::digest(&all))))
 }
 
 /// How an object of `size` bytes is copied: (part size, number of parts); one part below the
@@ -630,6 +1065,78 @@ pub async fn abort_upload(dst: &S3, bucket: &str, key: &str, upload_id: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_md5_is_padded_base64() {
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"f"), "Zg==");
+        assert_eq!(base64(b"fo"), "Zm8=");
+        assert_eq!(base64(b"foo"), "Zm9v");
+        // The MD5 of "" as S3 wants it in Content-MD5.
+        assert_eq!(base64(&md5_of(b"")), "1B2M2Y8AsgTpgAmY7PhCfg==");
+    }
+
+    #[test]
+    fn etags_compare_without_quotes_or_case() {
+        let md5 = md5_of(b"abc");
+        let upper = format!("\"{}\"", hex::encode(md5).to_ascii_uppercase());
+        assert_eq!(etag_md5(Some(&upper), false), Some(md5));
+        assert_eq!(normal_etag(&upper), hex::encode(md5));
+        // Not an MD5: multipart, encrypted with KMS or a customer key, or another form.
+        assert_eq!(etag_md5(Some("\"9b2cf535f27731c974343645a3985328-2\""), false), None);
+        assert_eq!(etag_md5(Some(&upper), true), None);
+        assert_eq!(etag_md5(Some("W/\"x\""), false), None);
+        assert!(opaque_etag(Some(&ServerSideEncryption::AwsKms), None));
+        assert!(opaque_etag(Some(&ServerSideEncryption::AwsKmsDsse), None));
+        assert!(!opaque_etag(Some(&ServerSideEncryption::Aes256), None));
+        assert!(opaque_etag(None, Some("AES256")));
+    }
+
+    #[test]
+    fn multipart_etag_is_the_md5_of_the_part_md5s() {
+        let (a, b) = (md5_of(b"part one"), md5_of(b"part two"));
+        let mut both = a.to_vec();
+        both.extend(b);
+        let want = format!("{}-2", hex::encode(md5_of(&both)));
+        let parts = [format!("\"{}\"", hex::encode(a)), hex::encode(b).to_ascii_uppercase()];
+        assert_eq!(multipart_etag(parts.iter().map(String::as_str)), Some(want));
+        assert_eq!(multipart_etag(["\"kms-opaque\""].into_iter()), None);
+    }
+
+    #[test]
+    fn the_replica_digest_sees_headers_metadata_and_tags_not_their_spelling() {
+        let meta = |k: &str, v: &str| Some(HashMap::from([(k.to_string(), v.to_string())]));
+        let base = Headers {
+            content_type: Some("text/plain".into()),
+            expires: Some("Thu, 01 Jan 2026 00:00:00 GMT".into()),
+            metadata: meta("Owner", "ann"),
+            storage_class: Some("STANDARD_IA".into()),
+            ..Default::default()
+        };
+        let tags = vec![("b".to_string(), "2".to_string()), ("a".to_string(), "1".to_string())];
+        let d = base.digest(&tags);
+        let same = Headers {
+            content_type: Some(" text/plain".into()),
+            expires: Some("Thu, 01 Jan 2026 00:00:00 GMT ".into()),
+            metadata: meta("owner", "ann"),
+            storage_class: None,
+            ..base.clone()
+        };
+        let mut reordered = tags.clone();
+        reordered.reverse();
+        assert_eq!(same.digest(&reordered), d);
+        let other_meta = Headers {
+            metadata: meta("owner", "bob"),
+            ..base.clone()
+        };
+        assert_ne!(other_meta.digest(&tags), d);
+        let other_type = Headers {
+            content_type: Some("text/markdown".into()),
+            ..base.clone()
+        };
+        assert_ne!(other_type.digest(&tags), d);
+        assert_ne!(base.digest(&tags[..1]), d);
+    }
 
     #[test]
     fn tags_are_url_encoded() {

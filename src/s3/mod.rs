@@ -6,7 +6,9 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
-use aws_sdk_s3::config::{Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    Region, RequestChecksumCalculation, ResponseChecksumValidation, StalledStreamProtectionConfig,
+};
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::types::BucketVersioningStatus;
 use std::collections::HashMap;
@@ -68,6 +70,12 @@ where
                 format!(
                     "no usable credentials ({text}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or `profile` on the endpoint"
                 )
+            } else if text.contains("minimum throughput") {
+                // The SDK's stalled-stream protection gave up on a body that stopped moving.
+                format!("stalled: {text}")
+            } else if d.is_timeout() && text.contains("read timeout") {
+                // Connected and sent, but no answer came within READ_TIMEOUT.
+                format!("no answer: {text}")
             } else if d.is_io() || d.is_timeout() {
                 format!("cannot connect: {text}")
             } else {
@@ -119,7 +127,10 @@ impl Clients {
     pub async fn connect_observed(config: &Config, health: Option<&health::Health>) -> Clients {
         let mut map = HashMap::new();
         for ep in &config.endpoints {
-            map.insert(ep.name.clone(), S3::connect(ep, health).await);
+            map.insert(
+                ep.name.clone(),
+                S3::connect_with(ep, health, config.engine.stall_timeout).await,
+            );
         }
         Clients(map)
     }
@@ -131,8 +142,33 @@ impl Clients {
     }
 }
 
+/// A dead endpoint must fail fast and be retried by the engine, not hang a worker.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// From the start of a request to the first byte of its answer. Requests with a body to stream
+/// (PutObject, UploadPart) go without it: see [`streaming_request`].
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The settings for a request whose body crr streams (PutObject, UploadPart): no read timeout,
+/// which would run from the start of the request to the first byte of the answer and so span
+/// the whole upload, failing any that is slow but moving. The caller watches such a request
+/// for stalls instead (`engine::progress::watch`).
+pub fn streaming_request() -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::default().timeout_config(
+        TimeoutConfig::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .disable_read_timeout()
+            .build(),
+    )
+}
+
 impl S3 {
+    /// A client with the default stall window.
     pub async fn connect(ep: &Endpoint, health: Option<&health::Health>) -> S3 {
+        Self::connect_with(ep, health, crate::config::EngineConfig::default().stall_timeout).await
+    }
+
+    /// A client whose downloads give up after `stall` without a byte.
+    pub async fn connect_with(ep: &Endpoint, health: Option<&health::Health>, stall: Duration) -> S3 {
         let mut loader =
             aws_config::defaults(aws_config::BehaviorVersion::latest()).region(Region::new(ep.region.clone()));
         if let Some(profile) = &ep.profile {
@@ -144,11 +180,20 @@ impl S3 {
             // Many S3-compatible servers reject the SDK's default CRC32 checksum headers.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
-            // A dead endpoint must fail fast and be retried by the engine, not hang a worker.
             .timeout_config(
                 TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .read_timeout(Duration::from_secs(60))
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .read_timeout(READ_TIMEOUT)
+                    .build(),
+            )
+            // Downloads (source bodies) that stop moving fail after the stall window. Uploads are
+            // watched by crr itself (`engine::progress::watch`): the SDK would count a pause
+            // made by the bandwidth limit as a stall, and cannot see a server that stops reading.
+            .stalled_stream_protection(
+                StalledStreamProtectionConfig::enabled()
+                    .upload_enabled(false)
+                    .download_enabled(true)
+                    .grace_period(stall)
                     .build(),
             )
             .retry_config(

@@ -4,6 +4,7 @@
 //! Credentials never enter it.
 
 mod lock;
+pub mod replica;
 pub mod tally;
 
 pub use lock::{EngineLock, LockHeld};
@@ -431,6 +432,8 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)
+            .with_context(|| format!("preparing {}", path.display()))?;
+        conn.execute_batch(replica::SCHEMA)
             .with_context(|| format!("preparing {}", path.display()))?;
         let store = Store {
             conn: Mutex::new(conn),
