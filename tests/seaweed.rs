@@ -402,6 +402,13 @@ async fn compare_current(env: &Env) -> Vec<String> {
     problems
 }
 
+/// Seconds since `started`, and the UTC time of day (as in crr.log), e.g. `4.2s 10:31:07.123`.
+fn moment(started: Instant) -> String {
+    let utc = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
+    let time_of_day = utc.split('T').nth(1).unwrap_or(&utc).trim_end_matches('Z');
+    format!("{:.1}s {time_of_day}", started.elapsed().as_secs_f64())
+}
+
 /// `crr serve` runs while the source keeps changing and is killed with SIGKILL `n` times at
 /// random moments, each time started again. Then the writes stop, serve is stopped, and one
 /// `crr run --once` must catch up: exit 0, the destination's current objects equal the source's,
@@ -439,14 +446,14 @@ async fn survives_sigkill(source: Kind, destination: Kind) {
                 );
             }
             serve.kill();
-            kill_times.push(format!("{:.1}s", started.elapsed().as_secs_f64()));
+            kill_times.push(moment(started));
             tokio::time::sleep(killer_rng.millis(0, 300)).await;
             serve = env.spawn_serve();
         }
         // Let the last one work for a moment, then stop the writes and the service.
         tokio::time::sleep(Duration::from_secs(2)).await;
         writing.set(false);
-        kill_times.push(format!("{:.1}s", started.elapsed().as_secs_f64()));
+        kill_times.push(moment(started));
         (serve, kill_times)
     };
     let ((), (mut serve, kill_times)) = tokio::join!(writer, killer);
@@ -469,10 +476,16 @@ async fn survives_sigkill(source: Kind, destination: Kind) {
     if !open.is_empty() {
         problems.push(format!("multipart uploads left open on the destination: {open:?}"));
     }
-    assert!(
-        problems.is_empty(),
+    if problems.is_empty() {
+        return;
+    }
+    let kept = match std::env::var_os("CRR_TEST_KEEP") {
+        Some(_) => format!("the test directory is kept: {}", env.dir.keep().display()),
+        None => "CRR_TEST_KEEP=1 keeps the test directory (crr.log in state/)".to_string(),
+    };
+    panic!(
         "{} → {}: after {kills} SIGKILLs of crr serve at {} (writes stopped at {}) and {} changes \
-         to the source, seed {seed} (CRR_SOAK_SEED={seed} repeats the schedule):\n{}",
+         to the source, seed {seed} (CRR_SOAK_SEED={seed} repeats the schedule; {kept}):\n{}",
         source.label(),
         destination.label(),
         kill_times[..kills].join(", "),

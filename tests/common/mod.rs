@@ -1165,8 +1165,17 @@ pub async fn put_multipart(s3: &Server, bucket: &str, key: &str, body: &[u8], pa
     out.version_id().unwrap_or_default().to_string()
 }
 
-/// The multipart uploads still open in a bucket, as `(key, upload id)` pairs.
-pub async fn open_uploads(s3: &Server, bucket: &str) -> Vec<(String, String)> {
+/// A multipart upload that is still open (neither completed nor aborted).
+#[derive(Debug, Clone)]
+pub struct OpenUpload {
+    pub key: String,
+    pub upload_id: String,
+    /// When it was started, as the server reports it.
+    pub initiated: String,
+}
+
+/// The multipart uploads still open in a bucket.
+pub async fn open_uploads(s3: &Server, bucket: &str) -> Vec<OpenUpload> {
     let mut uploads = Vec::new();
     let mut key_marker: Option<String> = None;
     let mut upload_marker: Option<String> = None;
@@ -1183,10 +1192,11 @@ pub async fn open_uploads(s3: &Server, bucket: &str) -> Vec<(String, String)> {
             .await
             .unwrap_or_else(|e| panic!("list multipart uploads of {bucket} on {}: {e:?}", s3.name));
         for u in out.uploads() {
-            uploads.push((
-                u.key().unwrap_or_default().to_string(),
-                u.upload_id().unwrap_or_default().to_string(),
-            ));
+            uploads.push(OpenUpload {
+                key: u.key().unwrap_or_default().to_string(),
+                upload_id: u.upload_id().unwrap_or_default().to_string(),
+                initiated: u.initiated().map(|t| t.to_string()).unwrap_or_default(),
+            });
         }
         if out.is_truncated() == Some(true) && out.next_key_marker().is_some() {
             key_marker = out.next_key_marker().map(str::to_string);
