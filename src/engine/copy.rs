@@ -293,8 +293,16 @@ impl CopyCtx<'_> {
             .await
             .map_err(|e| s3_error("DeleteObject", &self.dst_target(&task.key), e))?;
         if out.delete_marker() != Some(true) {
+            // Some servers create no marker for a key they never held (moto does not); the key is
+            // hidden all the same, which is what replicating a delete means.
+            if self.dest_latest(&task.key).await?.is_none() {
+                return Ok(Copied {
+                    dest_version: None,
+                    bytes: 0,
+                });
+            }
             return Err(CopyError::Retry(format!(
-                "DeleteObject {}: the destination did not create a delete marker; is versioning still enabled on it?",
+                "DeleteObject {}: the destination created no delete marker and the object is still there; is versioning still enabled on it?",
                 self.dst_target(&task.key)
             )));
         }
@@ -691,7 +699,12 @@ impl CopyCtx<'_> {
         let mut done: HashMap<i32, (String, u64)> = HashMap::new();
         let mut upload_id = task.upload_id.clone();
         if let Some(existing) = &upload_id {
-            if self.store.upload_part_size(task.id)? == Some(part_size) {
+            if existing == UPLOAD_UNKNOWN {
+                // Asked for, but its id never came back before the process died.
+                abort_upload(self.dst, &self.rule.destination.bucket, &task.key, existing).await?;
+                self.store.set_upload(task.id, None)?;
+                upload_id = None;
+            } else if self.store.upload_part_size(task.id)? == Some(part_size) {
                 for (n, etag, sz) in self.store.parts(task.id)? {
                     if etag_md5(Some(&etag), false).is_none() {
                         dst_opaque.store(true, Ordering::Relaxed);
@@ -712,6 +725,9 @@ impl CopyCtx<'_> {
         let upload_id = match upload_id {
             Some(u) => u,
             None => {
+                // Recorded before asking: a process that dies before the answer is stored
+                // leaves an upload whose id crr never learns, and the next run aborts it by key.
+                self.store.set_upload(task.id, Some((UPLOAD_UNKNOWN, part_size)))?;
                 let mut create = self
                     .dst
                     .client
@@ -1040,7 +1056,12 @@ pub fn part_layout(size: u64, engine: &EngineConfig) -> (u64, u32) {
 
 /// Aborts a multipart upload left by a dropped task, so no parts stay billed and nothing
 /// half-written can ever become a version.
+/// An empty `upload_id` is an upload crr asked for but whose id it never learnt (the process
+/// died while CreateMultipartUpload was answered): every open upload of that key is aborted.
 pub async fn abort_upload(dst: &S3, bucket: &str, key: &str, upload_id: &str) -> Result<(), S3Error> {
+    if upload_id == UPLOAD_UNKNOWN {
+        return abort_uploads_of_key(dst, bucket, key).await;
+    }
     match dst
         .client
         .abort_multipart_upload()
@@ -1059,6 +1080,47 @@ pub async fn abort_upload(dst: &S3, bucket: &str, key: &str, upload_id: &str) ->
                 Err(e)
             }
         }
+    }
+}
+
+/// What the store holds as the upload id while CreateMultipartUpload is on its way.
+pub const UPLOAD_UNKNOWN: &str = "";
+
+/// Aborts every open multipart upload of exactly `key` in the bucket. The destination belongs
+/// to one rule's replication (the topology checks see to that), so these are crr's own.
+async fn abort_uploads_of_key(dst: &S3, bucket: &str, key: &str) -> Result<(), S3Error> {
+    let target = format!("{}/{bucket}/{key}", dst.endpoint);
+    let mut markers: (Option<String>, Option<String>) = (None, None);
+    loop {
+        let out = dst
+            .client
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .prefix(key)
+            .set_key_marker(markers.0.clone())
+            .set_upload_id_marker(markers.1.clone())
+            .send()
+            .await
+            .map_err(|e| s3_error("ListMultipartUploads", &target, e))?;
+        for u in out.uploads() {
+            if u.key() == Some(key)
+                && let Some(id) = u.upload_id()
+                && !id.is_empty()
+            {
+                Box::pin(abort_upload(dst, bucket, key, id)).await?;
+            }
+        }
+        if out.is_truncated() != Some(true) {
+            return Ok(());
+        }
+        let next = (
+            out.next_key_marker().map(str::to_string),
+            out.next_upload_id_marker().map(str::to_string),
+        );
+        if next == markers || next.0.is_none() {
+            return Ok(());
+        }
+        markers = next;
     }
 }
 

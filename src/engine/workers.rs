@@ -346,14 +346,25 @@ impl Core {
         if unfinished > 0 || total < 2 {
             return;
         }
-        let Ok(Some(latest)) = head_latest(src, &rule.source.bucket, &task.key).await else {
-            return;
+        let latest = match head_latest(src, &rule.source.bucket, &task.key).await {
+            Ok(Latest::Version(v)) => v,
+            // A delete marker is latest: under "all" the destination must hide the key too.
+            Ok(Latest::DeleteMarker(Some(marker))) if rule.operations == Operations::All => NewChange {
+                queue: true,
+                kind: TaskKind::Delete,
+                key: task.key.clone(),
+                version_id: marker,
+                size: 0,
+                etag: String::new(),
+                source_time: 0,
+            },
+            _ => return,
         };
         if latest.version_id == task.version_id {
             // The change just replicated is the latest: the destination has its replica on top.
             return;
         }
-        let Ok(Some(Some(replica))) = self
+        let Ok(Some(replica)) = self
             .store
             .replica_of(&rule.id, &task.key, &latest.version_id, task.generation)
         else {
@@ -361,10 +372,15 @@ impl Core {
             return;
         };
         let dest = match head_latest(dst, &rule.destination.bucket, &task.key).await {
-            Ok(d) => d.map(|d| d.version_id),
-            Err(_) => return,
+            Ok(d) => d,
+            Err(()) => return,
         };
-        if dest.as_deref() == Some(replica.as_str()) {
+        let in_place = match (&latest.kind, &dest) {
+            (TaskKind::Put, Latest::Version(d)) => replica.as_deref() == Some(d.version_id.as_str()),
+            (TaskKind::Delete, Latest::DeleteMarker(_) | Latest::Missing) => true,
+            _ => false,
+        };
+        if in_place {
             return;
         }
         tracing::warn!(
@@ -424,10 +440,17 @@ impl Core {
     }
 }
 
-/// The latest version of `key` as a change to copy, or `None` when a delete marker (or nothing) is latest.
-async fn head_latest(s3: &S3, bucket: &str, key: &str) -> Result<Option<NewChange>, ()> {
+/// What is latest for a key on one side.
+enum Latest {
+    Version(NewChange),
+    /// A delete marker, with its version id when the server says it.
+    DeleteMarker(Option<String>),
+    Missing,
+}
+
+async fn head_latest(s3: &S3, bucket: &str, key: &str) -> Result<Latest, ()> {
     match s3.client.head_object().bucket(bucket).key(key).send().await {
-        Ok(h) => Ok(Some(NewChange {
+        Ok(h) => Ok(Latest::Version(NewChange {
             queue: true,
             kind: TaskKind::Put,
             key: key.to_string(),
@@ -436,13 +459,17 @@ async fn head_latest(s3: &S3, bucket: &str, key: &str) -> Result<Option<NewChang
             etag: h.e_tag().unwrap_or_default().to_string(),
             source_time: h.last_modified().map(|t| t.secs()).unwrap_or(0),
         })),
-        Err(e) => {
-            if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) {
-                Ok(None)
-            } else {
-                Err(())
+        Err(e) => match e.raw_response() {
+            Some(r) if r.status().as_u16() == 404 => {
+                let header = |name: &str| r.headers().get(name).map(str::to_string);
+                if header("x-amz-delete-marker").as_deref() == Some("true") {
+                    Ok(Latest::DeleteMarker(header("x-amz-version-id")))
+                } else {
+                    Ok(Latest::Missing)
+                }
             }
-        }
+            _ => Err(()),
+        },
     }
 }
 
