@@ -13,7 +13,7 @@ pub struct EngineLock {
 /// Another engine holds the lock.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "another crr engine (pid {pid}) is running on the state directory {dir}: stop it first, or send it commands with `crr rule`, `crr migrate` and `crr retry`, and read its progress with `crr status`"
+    "another crr engine (pid {pid}) is running on the state directory {dir}: stop it first, or send it commands with `crr rule`, `crr migrate` and `crr retry` (they reach it through its socket), and read its progress with `crr status`"
 )]
 pub struct LockHeld {
     pub pid: String,
@@ -55,10 +55,5 @@ impl EngineLock {
             }
             Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
         }
-    }
-
-    /// Whether an engine holds the lock right now (without taking it for long).
-    pub fn held_by_other(dir: &Path) -> Result<Option<LockHeld>> {
-        Ok(Self::acquire(dir)?.err())
     }
 }
