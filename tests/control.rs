@@ -580,3 +580,63 @@ async fn rules_are_saved_and_deleted_through_the_handle_keeping_the_file() {
     assert!(after.rule("logs").is_some());
     assert!(!handle.send(Command::DeleteRule { id: "r".into() }).await.is_done());
 }
+
+/// SIGINT stops `crr run --once` at any moment: copies in flight get the grace period, then are
+/// left resumable; the next run finishes the work without a second copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_run_once_and_the_next_run_finishes() {
+    let env = Env::start().await;
+    buckets(&env).await;
+    let text = env
+        .config_text(&[rule()])
+        .replace("[engine]\n", "[engine]\nbandwidth_limit = \"512KiB\"\n");
+    env.write_config_text(&text);
+    env.run_once().await;
+    let body = pseudo_random_bytes(12 * MIB, 5);
+    put(&env.gz, "src-bucket", "big.bin", body.clone()).await;
+
+    let mut cmd = common::crr_command(env.path());
+    cmd.arg("--config")
+        .arg(&env.config_path)
+        .arg("--state")
+        .arg(&env.state_dir)
+        .args(["run", "--once"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("spawn crr run --once");
+    let pid = child.id().expect("pid");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let q = env.crr(&["queue", "--json"]).await.json();
+        let moving = q["tasks"].as_array().is_some_and(|t| {
+            t.iter()
+                .any(|t| t["key"] == "big.bin" && t["bytes_done"].as_u64().unwrap_or(0) > 0)
+        });
+        if moving {
+            break;
+        }
+        assert!(Instant::now() < deadline, "big.bin never started copying");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let t = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(status.success());
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("run --once stops within the grace period")
+        .expect("wait");
+    assert!(t.elapsed() < Duration::from_secs(25), "took {:?}", t.elapsed());
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert_eq!(get_bytes(&env.sh, "dst-bucket", "big.bin").await, None);
+
+    let fast = env.config_text(&[rule()]);
+    env.write_config_text(&fast);
+    env.run_once().await;
+    assert_eq!(get_bytes(&env.sh, "dst-bucket", "big.bin").await, Some(body));
+    assert_eq!(key_versions(&env.sh, "dst-bucket", "big.bin").await.len(), 1);
+}

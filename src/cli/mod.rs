@@ -73,6 +73,30 @@ fn load(paths: &Paths) -> Result<Config> {
     Ok(config::load(&paths.config)?)
 }
 
+/// A token cancelled by the first SIGINT, SIGTERM or SIGHUP.
+fn on_signal() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+        tracing::info!("signal received");
+        signals.cancel();
+    });
+    shutdown
+}
+
 /// Sends engine logs to `STATE_DIR/crr.log`, never to the terminal.
 fn init_log(paths: &Paths) -> Result<()> {
     std::fs::create_dir_all(&paths.state)
@@ -242,7 +266,24 @@ pub async fn run_once(paths: &Paths) -> Result<u8> {
     let engine = open_engine(paths, config).await?;
     // Commands from other `crr` invocations reach this run too.
     let _socket = service::listen(engine.handle(), &paths.state)?;
-    let rec = engine.reconcile(None).await?;
+    // A signal stops the run at any moment: copies in flight get the grace period, the rest
+    // stays queued for the next run.
+    let signalled = on_signal();
+    {
+        let engine = engine.core();
+        let signalled = signalled.clone();
+        tokio::spawn(async move {
+            signalled.cancelled().await;
+            engine.shutdown.cancel();
+        });
+    }
+    let rec = tokio::select! {
+        r = engine.reconcile(None) => r?,
+        _ = signalled.cancelled() => {
+            eprintln!("crr: interrupted before the rules were applied; nothing was copied");
+            return Ok(1);
+        }
+    };
     for m in &rec.messages {
         println!("{m}");
     }
@@ -251,6 +292,13 @@ pub async fn run_once(paths: &Paths) -> Result<u8> {
         return Err(Invalid("preflight refused; nothing was replicated".into()).into());
     }
     let summary = engine.run_once().await?;
+    if signalled.is_cancelled() {
+        eprintln!(
+            "crr: interrupted: {} change(s) replicated; what is left runs on the next `crr run --once`",
+            summary.replicated
+        );
+        return Ok(1);
+    }
     println!(
         "replicated {} change(s), {}; {} task(s) queued by this scan",
         summary.replicated,
@@ -286,25 +334,7 @@ pub async fn serve(paths: &Paths) -> Result<u8> {
     let config = load(paths)?;
     let engine = open_engine(paths, config).await?;
     let _socket = service::listen(engine.handle(), &paths.state)?;
-    let shutdown = CancellationToken::new();
-    let signals = shutdown.clone();
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
-            return;
-        };
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-            _ = hup.recv() => {}
-        }
-        tracing::info!("signal received");
-        signals.cancel();
-    });
+    let shutdown = on_signal();
     // A signal is honoured while the rules are being applied too (a baseline listing can be long).
     tokio::select! {
         rec = engine.reconcile(None) => {

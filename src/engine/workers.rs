@@ -243,11 +243,27 @@ impl Core {
         let before = *lock(&self.replicated_now);
         self.handle();
         self.sweep_uploads().await;
-        let (queued, mut scan_errors) = self.scan_all().await;
+        // Asked to stop (a signal, or `Command::Shutdown`): nothing new starts, copies in
+        // flight get the grace period, then are aborted and left resumable.
+        let stopper = {
+            let core = self.clone();
+            tokio::spawn(async move {
+                core.shutdown.cancelled().await;
+                core.draining.cancel();
+                core.work.notify_waiters();
+                tokio::time::sleep(GRACE).await;
+                core.hard_stop.cancel();
+            })
+        };
+        let (queued, mut scan_errors) = tokio::select! {
+            r = self.scan_all() => r,
+            _ = self.shutdown.cancelled() => (0, Vec::new()),
+        };
         self.spawn_listers();
         for w in self.spawn_workers(true) {
             w.await.context("a copy worker panicked")?;
         }
+        stopper.abort();
         scan_errors.extend(std::mem::take(&mut *lock(&self.listing_errors)));
         let config = self.config();
         for rule in &config.rules {
@@ -394,6 +410,9 @@ impl Core {
     }
     /// Starts the listing of every migration that should be listing and is not.
     fn spawn_listers(self: &Arc<Self>) {
+        if self.draining.is_cancelled() {
+            return;
+        }
         let Ok(migrations) = self.store.migrations_to_list() else {
             return;
         };
