@@ -640,3 +640,46 @@ async fn sigint_stops_run_once_and_the_next_run_finishes() {
     assert_eq!(get_bytes(&env.sh, "dst-bucket", "big.bin").await, Some(body));
     assert_eq!(key_versions(&env.sh, "dst-bucket", "big.bin").await.len(), 1);
 }
+
+/// The state follows the source instead of growing forever: finished tasks of versions that are
+/// no longer latest are forgotten, and so are seen versions deleted for good from the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_of_versions_gone_from_the_source_is_pruned() {
+    let env = Env::start().await;
+    buckets(&env).await;
+    env.write_config(&[rule()]);
+    let engine = open(&env).await;
+    engine.reconcile(None).await.expect("reconcile");
+    let v1 = put(&env.gz, "src-bucket", "k.txt", "one").await;
+    engine.run_once().await.expect("run");
+    let v2 = put(&env.gz, "src-bucket", "k.txt", "two").await;
+    engine.run_once().await.expect("run");
+
+    let db = rusqlite::Connection::open(env.state_dir.join("crr.db")).expect("open the state");
+    let count = |sql: &str, v: &str| -> i64 { db.query_row(sql, [v], |r| r.get(0)).expect("count") };
+    let tasks_of = "SELECT COUNT(*) FROM tasks WHERE key = ?1";
+    let seen = "SELECT COUNT(*) FROM seen WHERE version_id = ?1";
+    assert_eq!(count(tasks_of, "k.txt"), 1, "the task of the older version is kept");
+    assert_eq!((count(seen, &v1), count(seen, &v2)), (1, 1));
+
+    env.gz
+        .client
+        .delete_object()
+        .bucket("src-bucket")
+        .key("k.txt")
+        .version_id(&v1)
+        .send()
+        .await
+        .expect("delete v1 for good");
+    engine.store.prune_seen_next_scan("r").expect("reset");
+    let summary = engine.run_once().await.expect("run");
+    assert_eq!(summary.replicated, 0);
+    assert_eq!(
+        (count(seen, &v1), count(seen, &v2)),
+        (0, 1),
+        "v1 is gone from the source"
+    );
+    // Nothing was copied again, and the next scan does not take v2 for new.
+    engine.run_once().await.expect("run");
+    assert_eq!(key_versions(&env.sh, "dst-bucket", "k.txt").await.len(), 2);
+}

@@ -8,6 +8,9 @@ use crate::s3::{S3, VersionEntry, chronological};
 use crate::store::{NewChange, Store, TaskKind, now_ms};
 use anyhow::Result;
 
+/// How often a scan also prunes the seen set (it costs a write per listed version).
+const PRUNE_SEEN_EVERY_MS: i64 = 3_600_000;
+
 /// Lists every version in the rule's scope that `keep` lets through and hands it to `each` one
 /// key at a time, all kept versions of a key together (a key's versions may straddle listing
 /// pages). Only kept versions are carried from page to page, so a key with millions of
@@ -90,11 +93,26 @@ pub async fn baseline(src: &S3, rule: &Rule, generation: i64, store: &Store) -> 
 
 /// One scan: queues every unseen version of the rule's scope, in write order per key, and
 /// records the scan for the last sync point. Returns how many tasks were queued.
+///
+/// Once in a while (`PRUNE_SEEN_EVERY`) the scan also forgets the versions it has seen that are
+/// no longer on the source (deleted for good), so the seen set follows the source instead of
+/// growing with every version ever written.
 pub async fn scan(src: &S3, rule: &Rule, generation: i64, store: &Store) -> Result<usize> {
     let started = now_ms();
     let mut queued = 0;
     let mut batch: Vec<NewChange> = Vec::new();
-    let unseen = |page: &[VersionEntry]| store.unseen(&rule.id, page);
+    let prune = store
+        .seen_pruned_at(&rule.id)?
+        .is_none_or(|t| started - t >= PRUNE_SEEN_EVERY_MS);
+    if prune {
+        store.begin_listing(&rule.id)?;
+    }
+    let unseen = |page: &[VersionEntry]| {
+        if prune {
+            store.add_listed(&rule.id, page)?;
+        }
+        store.unseen(&rule.id, page)
+    };
     list_scope(src, rule, unseen, |mut group| {
         chronological(&mut group);
         for e in group {
@@ -122,5 +140,12 @@ pub async fn scan(src: &S3, rule: &Rule, generation: i64, store: &Store) -> Resu
     .await?;
     queued += store.queue_new(&rule.id, generation, &batch)?;
     store.record_scan(&rule.id, generation, started, store.max_task_id()?)?;
+    if prune {
+        // The whole scope was listed: what it did not hold is gone from the source.
+        let forgotten = store.prune_seen(&rule.id, generation, started)?;
+        if forgotten > 0 {
+            tracing::info!(rule = %rule.id, forgotten, "forgot seen versions no longer on the source");
+        }
+    }
     Ok(queued)
 }

@@ -77,6 +77,10 @@ CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, id);
 CREATE INDEX IF NOT EXISTS tasks_by_key ON tasks (rule_id, key, id);
 CREATE INDEX IF NOT EXISTS tasks_by_rule ON tasks (rule_id, state, id);
 CREATE INDEX IF NOT EXISTS tasks_with_upload ON tasks (id) WHERE upload_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS seen_pruned (
+    rule_id TEXT PRIMARY KEY,
+    at INTEGER NOT NULL                -- unix ms of the scan that last pruned the seen set
+);
 CREATE TABLE IF NOT EXISTS parts (
     task_id INTEGER NOT NULL,
     part_number INTEGER NOT NULL,
@@ -659,6 +663,84 @@ impl Store {
                 queued_bytes,
             );
             Ok(queued)
+        })
+    }
+
+    /// When the rule's seen set was last pruned (unix ms).
+    pub fn seen_pruned_at(&self, rule_id: &str) -> Result<Option<i64>> {
+        blocking(|| {
+            Ok(self
+                .db()
+                .query_row("SELECT at FROM seen_pruned WHERE rule_id = ?1", [rule_id], |r| r.get(0))
+                .optional()?)
+        })
+    }
+
+    /// Starts recording what a full listing of the rule's scope holds (a temporary table).
+    pub fn begin_listing(&self, rule_id: &str) -> Result<()> {
+        blocking(|| {
+            let db = self.db();
+            db.execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS listed (rule_id TEXT NOT NULL, key TEXT NOT NULL,
+                 version_id TEXT NOT NULL, PRIMARY KEY (rule_id, key, version_id)) WITHOUT ROWID",
+            )?;
+            db.execute("DELETE FROM temp.listed WHERE rule_id = ?1", [rule_id])?;
+            Ok(())
+        })
+    }
+
+    pub fn add_listed(&self, rule_id: &str, entries: &[crate::s3::VersionEntry]) -> Result<()> {
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO temp.listed (rule_id, key, version_id) VALUES (?1, ?2, ?3)",
+                )?;
+                for e in entries {
+                    st.execute(params![rule_id, e.key, e.version_id])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Forgets the seen versions the listing did not hold (deleted for good from the source),
+    /// unless a task still needs them; records the prune. Returns how many were forgotten.
+    pub fn prune_seen(&self, rule_id: &str, generation: i64, at: i64) -> Result<usize> {
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            if !is_current(&tx, rule_id, generation)? {
+                // Re-enabled since the listing: its baseline is not this listing's to judge.
+                return Ok(0);
+            }
+            let n = tx.execute(
+                "DELETE FROM seen WHERE rule_id = ?1
+                 AND NOT EXISTS (SELECT 1 FROM temp.listed l WHERE l.rule_id = ?1 AND l.key = seen.key
+                                 AND l.version_id = seen.version_id)
+                 AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.rule_id = ?1 AND t.key = seen.key
+                                 AND t.version_id = seen.version_id AND t.state IN ('queued', 'running', 'failed'))",
+                [rule_id],
+            )?;
+            tx.execute("DELETE FROM temp.listed WHERE rule_id = ?1", [rule_id])?;
+            tx.execute(
+                "INSERT INTO seen_pruned (rule_id, at) VALUES (?1, ?2)
+                 ON CONFLICT (rule_id) DO UPDATE SET at = ?2",
+                params![rule_id, at],
+            )?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
+    /// Makes the next scan of the rule prune its seen set (tests, and after a long pause).
+    pub fn prune_seen_next_scan(&self, rule_id: &str) -> Result<()> {
+        blocking(|| {
+            self.db()
+                .execute("DELETE FROM seen_pruned WHERE rule_id = ?1", [rule_id])?;
+            Ok(())
         })
     }
 
