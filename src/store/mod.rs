@@ -1484,6 +1484,7 @@ impl Store {
             let gone = count_where(&tx, filter, &1)?;
             let n = tx.execute(&format!("DELETE FROM tasks WHERE {filter}"), [1])?;
             tx.execute("DELETE FROM parts WHERE task_id NOT IN (SELECT id FROM tasks)", [])?;
+            tx.execute("DELETE FROM replicas WHERE task_id NOT IN (SELECT id FROM tasks)", [])?;
             tx.commit()?;
             let mut t = self.tallies();
             for (key, state, count, bytes) in gone {
