@@ -1,0 +1,378 @@
+//! The task queue: queueing changes, claiming them in per-key order, their outcomes, retries,
+//! and pruning what nothing needs any more.
+
+use super::*;
+
+#[derive(Debug, Clone, Default)]
+pub struct Backlog {
+    pub pending_tasks: i64,
+    pub pending_bytes: i64,
+    pub failed_tasks: i64,
+}
+
+impl Store {
+    /// Queues the changes not seen before, in the given order, together with marking them seen,
+    /// in one transaction: a change is on disk before the scan moves past it.
+    pub fn queue_new(&self, rule_id: &str, generation: i64, changes: &[NewChange]) -> Result<usize> {
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            if !is_current(&tx, rule_id, generation)? {
+                // Listed before the rule was disabled, re-enabled or re-scoped: that generation's
+                // changes are not this one's to queue (nor to mark seen).
+                return Ok(0);
+            }
+            let mut queued = 0;
+            let mut queued_bytes = 0i64;
+            let now = now_ms();
+            {
+                let mut seen =
+                    tx.prepare_cached("INSERT OR IGNORE INTO seen (rule_id, key, version_id) VALUES (?1, ?2, ?3)")?;
+                let mut ins = tx.prepare_cached(
+                "INSERT INTO tasks (rule_id, generation, kind, key, version_id, size, etag, source_time, state, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9)",
+            )?;
+                for c in changes {
+                    if seen.execute(params![rule_id, c.key, c.version_id])? == 1 && c.queue {
+                        ins.execute(params![
+                            rule_id,
+                            generation,
+                            c.kind.as_str(),
+                            c.key,
+                            c.version_id,
+                            c.size as i64,
+                            c.etag,
+                            c.source_time,
+                            now
+                        ])?;
+                        queued += 1;
+                        queued_bytes += c.size as i64;
+                    }
+                }
+            }
+            tx.commit()?;
+            self.tallies().shift(
+                &(rule_id.to_string(), None),
+                None,
+                Some(State::Queued),
+                queued as i64,
+                queued_bytes,
+            );
+            Ok(queued)
+        })
+    }
+
+    /// Leases the next runnable task: queued, due, of an enabled rule, and with no earlier
+    /// unfinished task for the same key (per-key order).
+    pub fn claim(&self, now: i64) -> Result<Option<Task>> {
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let task = tx
+                .query_row(
+                    &format!(
+                        "SELECT {TASK_COLUMNS} FROM tasks t WHERE state = 'queued' AND not_before <= ?1
+                     AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled'
+                                 AND r.generation = t.generation)
+                     AND (t.migration_id IS NULL OR EXISTS (
+                          SELECT 1 FROM migrations m WHERE m.id = t.migration_id AND m.control = 'run'))
+                     AND NOT EXISTS (SELECT 1 FROM tasks e WHERE e.rule_id = t.rule_id AND e.key = t.key
+                                     AND e.id != t.id AND (e.state = 'running' OR (e.id < t.id AND e.state = 'queued'
+                                         AND (e.migration_id IS NULL OR EXISTS (SELECT 1 FROM migrations m
+                                             WHERE m.id = e.migration_id AND m.control = 'run')))))
+                     ORDER BY (t.migration_id IS NOT NULL), id LIMIT 1"
+                    ),
+                    [now],
+                    task_from_row,
+                )
+                .optional()?;
+            if let Some(t) = &task {
+                tx.execute(
+                    "UPDATE tasks SET state = 'running', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
+                    params![t.id, now],
+                )?;
+            }
+            tx.commit()?;
+            if let Some(t) = &task {
+                self.tallies().shift(
+                    &(t.rule_id.clone(), t.migration_id),
+                    Some(State::Queued),
+                    Some(State::Running),
+                    1,
+                    t.size as i64,
+                );
+            }
+            Ok(task.map(|mut t| {
+                t.attempts += 1;
+                t.state = "running".into();
+                t
+            }))
+        })
+    }
+
+    /// Tasks left `running` by a process that died are queued again (their parts are kept),
+    /// marked interrupted: their write may have landed, so the next run checks before copying.
+    pub fn requeue_running(&self) -> Result<usize> {
+        blocking(|| {
+            let n = self.db().execute(
+                "UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), interrupted = 1, updated_at = ?1
+             WHERE state = 'running'",
+                [now_ms()],
+            )?;
+            if n > 0 {
+                self.reload_tally()?;
+            }
+            Ok(n)
+        })
+    }
+
+    /// Gives a task cut off by shutdown back to the queue without counting the attempt.
+    pub fn release(&self, id: i64) -> Result<()> {
+        blocking(|| {
+            self.move_running(
+                id,
+                State::Queued,
+                "UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), interrupted = 1, updated_at = ?2
+             WHERE id = ?1 AND state = 'running'",
+                params![id, now_ms()],
+            )
+        })
+    }
+
+    /// Runs `sql` (which moves the running task `id` to `to`) and moves its count if it did.
+    fn move_running(&self, id: i64, to: State, sql: &str, params: impl rusqlite::Params) -> Result<()> {
+        let db = self.db();
+        let key = task_tally_key(&db, id)?;
+        if db.execute(sql, params)? == 1 {
+            self.shift_task(key, State::Running, to);
+        }
+        Ok(())
+    }
+
+    pub fn complete(&self, task: &Task, dest_version: Option<&str>, bytes: u64) -> Result<()> {
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let n = tx.execute(
+                "UPDATE tasks SET state = 'done', dest_version_id = ?2, last_error = NULL, updated_at = ?3
+             WHERE id = ?1 AND state = 'running'",
+                params![task.id, dest_version, now_ms()],
+            )?;
+            if n == 1 {
+                tx.execute(
+                "UPDATE rules SET replicated_objects = replicated_objects + 1, replicated_bytes = replicated_bytes + ?2
+                 WHERE rule_id = ?1",
+                params![task.rule_id, bytes as i64],
+            )?;
+            }
+            tx.execute("DELETE FROM parts WHERE task_id = ?1", [task.id])?;
+            tx.commit()?;
+            if n == 1 {
+                self.shift_task(
+                    Some(((task.rule_id.clone(), task.migration_id), task.size as i64)),
+                    State::Running,
+                    State::Done,
+                );
+            }
+            Ok(())
+        })
+    }
+
+    /// Ends a task without copying (`skipped`): the reason says why.
+    pub fn skip(&self, id: i64, reason: &str) -> Result<()> {
+        blocking(|| {
+            self.move_running(
+            id,
+            State::Skipped,
+            "UPDATE tasks SET state = 'skipped', last_error = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'running'",
+            params![id, reason, now_ms()],
+        )
+        })
+    }
+
+    pub fn retry_later(&self, id: i64, error: &str, not_before: i64) -> Result<()> {
+        blocking(|| {
+            self.move_running(
+                id,
+                State::Queued,
+                "UPDATE tasks SET state = 'queued', last_error = ?2, not_before = ?3, updated_at = ?4
+             WHERE id = ?1 AND state = 'running'",
+                params![id, error, not_before, now_ms()],
+            )
+        })
+    }
+
+    pub fn fail(&self, id: i64, error: &str) -> Result<()> {
+        blocking(|| {
+            self.move_running(
+            id,
+            State::Failed,
+            "UPDATE tasks SET state = 'failed', last_error = ?2, updated_at = ?3 WHERE id = ?1 AND state = 'running'",
+            params![id, error, now_ms()],
+        )
+        })
+    }
+
+    /// Whether a later change of the same key has already been replicated: copying this one
+    /// now would make an older version the destination's latest.
+    pub fn superseded(&self, task: &Task) -> Result<bool> {
+        blocking(|| {
+            Ok(self
+            .db()
+            .query_row(
+                "SELECT 1 FROM tasks WHERE rule_id = ?1 AND key = ?2 AND (
+                    (id > ?3 AND state = 'done')
+                    -- A migration copies what existed at the enable point: any real-time change of
+                    -- the key in this generation is newer, whatever order their tasks were queued in.
+                    OR (?4 AND migration_id IS NULL AND generation = ?5 AND state IN ('queued', 'running', 'done', 'failed')))
+                 LIMIT 1",
+                params![task.rule_id, task.key, task.id, task.migration_id.is_some(), task.generation],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+        })
+    }
+
+    /// Of a key's tasks in this generation: how many are unfinished, and how many are not dropped.
+    pub fn key_tasks(&self, rule_id: &str, key: &str, generation: i64) -> Result<(i64, i64)> {
+        blocking(|| {
+            Ok(self.db().query_row(
+                "SELECT COALESCE(SUM(state IN ('queued', 'running')), 0), COALESCE(SUM(state != 'dropped'), 0)
+             FROM tasks WHERE rule_id = ?1 AND key = ?2 AND generation = ?3",
+                params![rule_id, key, generation],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?)
+        })
+    }
+
+    /// The destination version crr recorded for its newest replica of this source version in
+    /// this generation: `None` when it replicated none.
+    pub fn replica_of(
+        &self,
+        rule_id: &str,
+        key: &str,
+        version: &str,
+        generation: i64,
+    ) -> Result<Option<Option<String>>> {
+        blocking(|| {
+            Ok(self
+                .db()
+                .query_row(
+                    "SELECT dest_version_id FROM tasks WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3
+                 AND generation = ?4 AND state = 'done' ORDER BY id DESC LIMIT 1",
+                    params![rule_id, key, version, generation],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+    }
+
+    /// Queues a version again (whether or not it was seen): it runs after every task queued so far.
+    pub fn requeue_version(&self, rule_id: &str, generation: i64, c: &NewChange) -> Result<()> {
+        blocking(|| {
+            self.db().execute(
+            "INSERT INTO tasks (rule_id, generation, kind, key, version_id, size, etag, source_time, state, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9)",
+            params![
+                rule_id,
+                generation,
+                c.kind.as_str(),
+                c.key,
+                c.version_id,
+                c.size as i64,
+                c.etag,
+                c.source_time,
+                now_ms()
+            ],
+        )?;
+            self.tallies().shift(
+                &(rule_id.to_string(), None),
+                None,
+                Some(State::Queued),
+                1,
+                c.size as i64,
+            );
+            Ok(())
+        })
+    }
+
+    /// Puts failed tasks back in the queue. `None` selects every failed task.
+    pub fn retry_failed(&self, rule: Option<&str>, ids: &[i64]) -> Result<usize> {
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let now = now_ms();
+            let mut moved = Vec::new();
+            let mut n = 0;
+            let mut requeue = |filter: &str, value: &dyn rusqlite::ToSql| -> Result<()> {
+                let filter = format!("{filter} AND state = 'failed'");
+                moved.extend(count_where(&tx, &filter, value)?);
+                n += tx.execute(
+                &format!("UPDATE tasks SET state = 'queued', attempts = 0, not_before = 0, updated_at = {now} WHERE {filter}"),
+                [value],
+            )?;
+                Ok(())
+            };
+            if !ids.is_empty() {
+                for id in ids {
+                    requeue("id = ?1", id)?;
+                }
+            } else {
+                match rule {
+                    Some(r) => requeue("rule_id = ?1", &r)?,
+                    None => requeue("?1", &1)?,
+                }
+            }
+            tx.commit()?;
+            self.apply_moved(&moved, State::Queued);
+            Ok(n)
+        })
+    }
+
+    pub fn tasks_in(&self, states: &[&str], limit: usize) -> Result<Vec<Task>> {
+        blocking(|| {
+            let list = states.iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", ");
+            let db = self.db();
+            let mut st = db.prepare(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE state IN ({list}) ORDER BY id LIMIT ?1"
+            ))?;
+            let rows = st.query_map([limit as i64], task_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+    }
+
+    /// How many tasks are queued or running (optionally only those due by `now`).
+    pub fn unfinished(&self) -> Result<i64> {
+        blocking(|| {
+            Ok(self.db().query_row(
+                "SELECT COUNT(*) FROM tasks t WHERE state IN ('queued', 'running')
+             AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled'
+                         AND r.generation = t.generation)
+             AND (t.migration_id IS NULL OR EXISTS (
+                  SELECT 1 FROM migrations m WHERE m.id = t.migration_id AND m.control = 'run'))",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
+    pub fn backlog(&self, rule_id: &str) -> Result<Backlog> {
+        blocking(|| {
+            Ok(self.db().query_row(
+                "SELECT COALESCE(SUM(state IN ('queued', 'running')), 0),
+                    COALESCE(SUM(CASE WHEN state IN ('queued', 'running') THEN size ELSE 0 END), 0),
+                    COALESCE(SUM(state = 'failed'), 0)
+             FROM tasks WHERE rule_id = ?1",
+                [rule_id],
+                |r| {
+                    Ok(Backlog {
+                        pending_tasks: r.get(0)?,
+                        pending_bytes: r.get(1)?,
+                        failed_tasks: r.get(2)?,
+                    })
+                },
+            )?)
+        })
+    }
+}
