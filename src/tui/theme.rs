@@ -232,7 +232,7 @@ pub enum ThemeError {
     Unknown {
         name: String,
         available: Vec<String>,
-        /// Where user themes were looked for, if anywhere.
+        /// Where a user theme of this name could be written, if anywhere.
         user_dir: Option<PathBuf>,
     },
     /// The theme file cannot be read or has mistakes; each names file, key, line and column.
@@ -343,7 +343,8 @@ impl Theme {
         Err(ThemeError::Unknown {
             name: name.to_string(),
             available: available(user_dir),
-            user_dir: user_dir.map(Path::to_path_buf),
+            // Only a name that could be a file there gets the hint to write one.
+            user_dir: user_dir.filter(|_| valid).map(Path::to_path_buf),
         })
     }
 }
@@ -680,6 +681,7 @@ mod tests {
             assert!(text.contains(name), "{text}");
         }
         assert!(text.contains("\"solarised\""), "{text}");
+        assert!(text.contains("solarised.toml"), "{text}");
         assert!(matches!(
             Theme::load_with("../etc/passwd", None, false),
             Err(ThemeError::Unknown { .. })
