@@ -119,10 +119,9 @@ enum MigrateCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let paths = Paths::resolve(cli.global.config, cli.global.state);
-    let _ = cli.global.theme;
     let Some(command) = cli.command else {
-        eprintln!("crr: the terminal UI is not part of this build yet; use the headless commands (see `crr --help`)");
-        return ExitCode::from(2);
+        let theme = cli.global.theme;
+        return cli::run(paths, |p| async move { crr::tui::run(&p, theme).await });
     };
     cli::run(paths, |rt_paths| async move {
         match command {

@@ -98,7 +98,7 @@ fn on_signal() -> CancellationToken {
 }
 
 /// Sends engine logs to `STATE_DIR/crr.log`, never to the terminal.
-fn init_log(paths: &Paths) -> Result<()> {
+pub(crate) fn init_log(paths: &Paths) -> Result<()> {
     std::fs::create_dir_all(&paths.state)
         .with_context(|| format!("creating the state directory {}", paths.state.display()))?;
     let path = paths.state.join("crr.log");

@@ -250,6 +250,9 @@ pub struct RuleView {
     pub prefixes: Vec<String>,
     pub operations: String,
     pub storage_class: Option<String>,
+    /// What a migration does with objects already on the destination: always | if-different | never
+    pub overwrite: String,
+    pub historical: bool,
     /// Unix milliseconds.
     pub enable_point: Option<i64>,
     pub last_sync_point: Option<i64>,

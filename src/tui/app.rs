@@ -1,0 +1,477 @@
+//! The UI's state and its logic, with no terminal: actions (from the keymap), engine events,
+//! snapshots and command replies go in; state changes and `Effect`s (commands to send, quit)
+//! come out. Everything here is testable without a terminal or an engine.
+
+use super::keymap::{Action, Context};
+use crate::engine::api::RuleView;
+use crate::engine::{Command, Event, MigrateAction, Reply, RetryTarget, Snapshot};
+use std::collections::VecDeque;
+
+/// How many log lines and completed copies are kept.
+const LOG_LINES: usize = 1000;
+const COMPLETED: usize = 200;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// The engine runs in this process.
+    Embedded,
+    /// Attached to `crr serve` (its pid) through the state directory's socket.
+    Attached { pid: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pane {
+    Buckets,
+    Rules,
+    Queue,
+    Migration,
+    Log,
+}
+
+impl Pane {
+    /// In the order of their number keys (1 to 5).
+    pub const ALL: [Pane; 5] = [Pane::Buckets, Pane::Rules, Pane::Queue, Pane::Log, Pane::Migration];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Pane::Buckets => "Buckets",
+            Pane::Rules => "Rules",
+            Pane::Queue => "Queue",
+            Pane::Migration => "Migration",
+            Pane::Log => "Log",
+        }
+    }
+
+    fn index(self) -> usize {
+        Pane::ALL.iter().position(|p| *p == self).unwrap_or(0)
+    }
+
+    fn context(self) -> Context {
+        match self {
+            Pane::Buckets => Context::Buckets,
+            Pane::Rules => Context::Rules,
+            Pane::Queue => Context::Queue,
+            Pane::Migration => Context::Migration,
+            Pane::Log => Context::Log,
+        }
+    }
+}
+
+/// What the app asks its driver to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Send(Command),
+    Quit,
+    /// Attach to the service again, or start the engine here if none runs.
+    Reconnect,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Overlay {
+    Help,
+    /// A y/n question; `yes` runs on y.
+    Confirm {
+        title: String,
+        lines: Vec<String>,
+        /// Said in the danger style, e.g. objects that may be overwritten.
+        warning: Option<String>,
+        yes: Vec<Effect>,
+    },
+}
+
+/// One line of the log pane.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogLine {
+    /// Unix milliseconds.
+    pub at: i64,
+    pub level: Level,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Error,
+    Warn,
+    Info,
+}
+
+/// A row of the queue pane.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueueRow {
+    Running(usize),
+    Failed(usize),
+    Completed(usize),
+}
+
+/// A completed copy, from a `TaskDone` event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completed {
+    pub rule: String,
+    pub key: String,
+    pub size: u64,
+    pub at: i64,
+}
+
+pub struct App {
+    pub mode: Mode,
+    pub pane: Pane,
+    pub snapshot: Snapshot,
+    pub log: VecDeque<LogLine>,
+    pub completed: VecDeque<Completed>,
+    /// The selected row of each pane.
+    pub selected: [usize; 5],
+    pub overlay: Option<Overlay>,
+    /// The answer to the last command, shown in the title bar.
+    pub status: Option<(Level, String)>,
+    /// The engine went away (the attached service stopped).
+    pub disconnected: bool,
+    /// The time the driver last told (unix ms): injected, so that views and tests agree.
+    pub now: i64,
+}
+
+impl App {
+    pub fn new(mode: Mode, now: i64) -> App {
+        App {
+            mode,
+            pane: Pane::Rules,
+            snapshot: Snapshot::default(),
+            log: VecDeque::new(),
+            completed: VecDeque::new(),
+            selected: [0; 5],
+            overlay: None,
+            status: None,
+            disconnected: false,
+            now,
+        }
+    }
+
+    /// Where keys are looked up now.
+    pub fn context(&self) -> Context {
+        match &self.overlay {
+            Some(Overlay::Help) => Context::Help,
+            Some(Overlay::Confirm { .. }) => Context::Confirm,
+            None => self.pane.context(),
+        }
+    }
+
+    pub fn selected(&self) -> usize {
+        self.selected[self.pane.index()]
+    }
+
+    /// How many rows the focused pane has.
+    pub fn rows(&self) -> usize {
+        match self.pane {
+            Pane::Buckets => self.snapshot.endpoints.len(),
+            Pane::Rules => self.snapshot.rules.len(),
+            Pane::Queue => self.queue_rows().len(),
+            Pane::Migration => self.migrations().len(),
+            Pane::Log => self.log.len(),
+        }
+    }
+
+    /// Running copies, then failures (newest first), then completed copies (newest first).
+    pub fn queue_rows(&self) -> Vec<QueueRow> {
+        let s = &self.snapshot;
+        let mut rows: Vec<QueueRow> = (0..s.running.len()).map(QueueRow::Running).collect();
+        rows.extend((0..s.recent_failures.len()).rev().map(QueueRow::Failed));
+        rows.extend((0..self.completed.len()).rev().map(QueueRow::Completed));
+        rows
+    }
+
+    /// The rules that have a migration.
+    pub fn migrations(&self) -> Vec<&RuleView> {
+        self.snapshot.rules.iter().filter(|r| r.migration.is_some()).collect()
+    }
+
+    fn selected_rule(&self) -> Option<&RuleView> {
+        match self.pane {
+            Pane::Rules => self.snapshot.rules.get(self.selected()),
+            Pane::Migration => self.migrations().get(self.selected()).copied(),
+            _ => None,
+        }
+    }
+
+    fn select(&mut self, row: usize) {
+        let last = self.rows().saturating_sub(1);
+        self.selected[self.pane.index()] = row.min(last);
+    }
+
+    pub fn on_snapshot(&mut self, snapshot: Snapshot) {
+        self.snapshot = snapshot;
+        // Keep every selection inside its pane.
+        let pane = self.pane;
+        for p in Pane::ALL {
+            self.pane = p;
+            let row = self.selected();
+            self.select(row);
+        }
+        self.pane = pane;
+    }
+
+    pub fn on_event(&mut self, event: Event) {
+        let level = match &event {
+            Event::TaskFailed { .. } | Event::RuleRefused { .. } | Event::EndpointUnreachable { .. } => Level::Error,
+            Event::ScanFailed { .. } => Level::Warn,
+            _ => Level::Info,
+        };
+        if let Event::TaskDone { rule, key, size, .. } = &event {
+            if self.completed.len() >= COMPLETED {
+                self.completed.pop_front();
+            }
+            self.completed.push_back(Completed {
+                rule: rule.clone(),
+                key: key.clone(),
+                size: *size,
+                at: self.now,
+            });
+        }
+        // Re-enabling replicates only new writes: offer the catch-up migration right away.
+        if let Event::RuleEnabled { rule, message, .. } = &event
+            && message.contains("crr migrate start")
+            && self.overlay.is_none()
+        {
+            self.overlay = Some(Overlay::Confirm {
+                title: format!("Catch up rule {rule}?"),
+                lines: vec![
+                    "Writes made while the rule was disabled are not replicated.".into(),
+                    "A migration copies what is missing or different on the destination now.".into(),
+                ],
+                warning: None,
+                yes: vec![Effect::Send(Command::Migrate {
+                    id: rule.clone(),
+                    action: MigrateAction::Start,
+                })],
+            });
+        }
+        self.push_log(level, event.describe());
+    }
+
+    pub fn on_reply(&mut self, reply: Reply) {
+        let (level, text) = match reply {
+            Reply::Done { message } => (Level::Info, message),
+            Reply::Refused { reason, fix } if fix.is_empty() => (Level::Error, reason),
+            Reply::Refused { reason, fix } => (Level::Error, format!("{reason}; {fix}")),
+        };
+        let first = text.lines().next().unwrap_or_default().to_string();
+        // What a command did also comes as an event; a refusal comes only here.
+        if level == Level::Error {
+            self.push_log(level, text);
+        }
+        self.status = Some((level, first));
+    }
+
+    /// The engine behind the UI is gone.
+    pub fn on_disconnected(&mut self) {
+        if !self.disconnected {
+            self.disconnected = true;
+            self.push_log(Level::Error, "the service stopped: nothing is being replicated".into());
+            self.overlay = Some(Overlay::Confirm {
+                title: "The service stopped".into(),
+                lines: vec![
+                    "Nothing is being replicated now.".into(),
+                    "y: attach to it again if it restarted, or else run the engine in this UI.".into(),
+                    "n: stay (q quits).".into(),
+                ],
+                warning: None,
+                yes: vec![Effect::Reconnect],
+            });
+        }
+    }
+
+    fn push_log(&mut self, level: Level, text: String) {
+        if self.log.len() >= LOG_LINES {
+            self.log.pop_front();
+        }
+        for line in text.lines() {
+            self.log.push_back(LogLine {
+                at: self.now,
+                level,
+                text: line.to_string(),
+            });
+        }
+    }
+
+    /// Applies one action; returns what the driver must do.
+    pub fn on_action(&mut self, action: Action) -> Vec<Effect> {
+        match &self.overlay {
+            Some(Overlay::Help) => {
+                if matches!(action, Action::Help | Action::Cancel | Action::Quit) {
+                    self.overlay = None;
+                } else if action == Action::ForceQuit {
+                    return vec![Effect::Quit];
+                }
+                return Vec::new();
+            }
+            Some(Overlay::Confirm { yes, .. }) => {
+                let yes = yes.clone();
+                return match action {
+                    Action::Yes | Action::Submit => {
+                        self.overlay = None;
+                        yes
+                    }
+                    Action::No | Action::Cancel | Action::Quit => {
+                        self.overlay = None;
+                        Vec::new()
+                    }
+                    Action::ForceQuit => vec![Effect::Quit],
+                    _ => Vec::new(),
+                };
+            }
+            None => {}
+        }
+        let rows = self.rows();
+        let row = self.selected();
+        match action {
+            Action::NextPane => self.pane = Pane::ALL[(self.pane.index() + 1) % Pane::ALL.len()],
+            Action::PrevPane => self.pane = Pane::ALL[(self.pane.index() + Pane::ALL.len() - 1) % Pane::ALL.len()],
+            Action::BucketsPane => self.pane = Pane::Buckets,
+            Action::RulesPane => self.pane = Pane::Rules,
+            Action::QueuePane => self.pane = Pane::Queue,
+            Action::MigrationPane => self.pane = Pane::Migration,
+            Action::LogPane => self.pane = Pane::Log,
+            Action::Up => self.select(row.saturating_sub(1)),
+            Action::Down => self.select(row + 1),
+            Action::PageUp => self.select(row.saturating_sub(10)),
+            Action::PageDown => self.select(row + 10),
+            Action::Top => self.select(0),
+            Action::Bottom => self.select(rows.saturating_sub(1)),
+            Action::Help => self.overlay = Some(Overlay::Help),
+            Action::ForceQuit => return vec![Effect::Quit],
+            Action::Quit => return self.ask_quit(),
+            Action::ToggleRule => self.ask_toggle(),
+            Action::Migrate => self.ask_migrate(),
+            Action::PauseResume => return self.pause_resume(),
+            Action::Retry => return self.retry(),
+            Action::NewRule | Action::Edit | Action::Delete | Action::Filter | Action::Palette => {
+                self.status = Some((
+                    Level::Warn,
+                    format!("{action} is not in this build yet: edit the config file, then `crr rule enable|disable`"),
+                ));
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    /// Quits at once when nothing would be cut off: no copies in flight, or attached (the
+    /// service goes on), or the engine is gone; otherwise asks.
+    fn ask_quit(&mut self) -> Vec<Effect> {
+        let copies = self.snapshot.running.len();
+        if copies == 0 || self.disconnected || matches!(self.mode, Mode::Attached { .. }) {
+            return vec![Effect::Quit];
+        }
+        self.overlay = Some(Overlay::Confirm {
+            title: "Quit while copies are in flight?".into(),
+            lines: vec![
+                format!("{copies} copy(ies) in flight."),
+                "They get 10 seconds to finish; the rest is left resumable for the next start.".into(),
+            ],
+            warning: None,
+            yes: vec![Effect::Quit],
+        });
+        Vec::new()
+    }
+
+    fn ask_toggle(&mut self) {
+        let Some(rule) = self.selected_rule().cloned() else {
+            return;
+        };
+        let (title, lines, command) = if rule.enabled {
+            (
+                format!("Disable rule {}?", rule.id),
+                vec![
+                    "In-flight copies are aborted and queued changes dropped.".into(),
+                    format!("What is already replicated stays in {}.", rule.destination),
+                    "Re-enabling later replicates only writes made after it.".into(),
+                ],
+                Command::DisableRule { id: rule.id.clone() },
+            )
+        } else {
+            (
+                format!("Enable rule {}?", rule.id),
+                vec![
+                    format!("{} -> {}", rule.source, rule.destination),
+                    "Preflight runs first; then only writes after the new enable point are replicated.".into(),
+                    "What exists now is not: a migration (m) copies it.".into(),
+                ],
+                Command::EnableRule { id: rule.id.clone() },
+            )
+        };
+        self.overlay = Some(Overlay::Confirm {
+            title,
+            lines,
+            warning: None,
+            yes: vec![Effect::Send(command)],
+        });
+    }
+
+    fn ask_migrate(&mut self) {
+        let Some(rule) = self.selected_rule().cloned() else {
+            return;
+        };
+        let scope = if rule.prefixes.is_empty() {
+            "whole bucket".to_string()
+        } else {
+            rule.prefixes.join(", ")
+        };
+        self.overlay = Some(Overlay::Confirm {
+            title: format!("Start a migration of rule {}?", rule.id),
+            lines: vec![
+                format!("The latest version of every object in {} ({scope})", rule.source),
+                format!(
+                    "that exists now is copied to {} when missing or different (overwrite = \"{}\").",
+                    rule.destination, rule.overwrite
+                ),
+            ],
+            warning: (rule.overwrite == "always").then(|| {
+                format!(
+                    "overwrite = \"always\": objects of the same name in {} will be overwritten",
+                    rule.destination
+                )
+            }),
+            yes: vec![Effect::Send(Command::Migrate {
+                id: rule.id.clone(),
+                action: MigrateAction::Start,
+            })],
+        });
+    }
+
+    fn pause_resume(&mut self) -> Vec<Effect> {
+        let Some(rule) = self.selected_rule() else {
+            return Vec::new();
+        };
+        let action = match rule.migration.as_ref().map(|m| m.state.as_str()) {
+            Some("paused") => MigrateAction::Resume,
+            Some("listing" | "running") => MigrateAction::Pause,
+            _ => {
+                self.status = Some((
+                    Level::Warn,
+                    format!("rule {} has no migration to pause or resume", rule.id),
+                ));
+                return Vec::new();
+            }
+        };
+        vec![Effect::Send(Command::Migrate {
+            id: rule.id.clone(),
+            action,
+        })]
+    }
+
+    fn retry(&mut self) -> Vec<Effect> {
+        if self.pane != Pane::Queue {
+            return Vec::new();
+        }
+        match self.queue_rows().get(self.selected()) {
+            Some(QueueRow::Failed(i)) => match self.snapshot.recent_failures.get(*i) {
+                Some(f) => vec![Effect::Send(Command::Retry {
+                    target: RetryTarget::Tasks { ids: vec![f.task_id] },
+                })],
+                None => Vec::new(),
+            },
+            _ => {
+                self.status = Some((Level::Warn, "select a failed task to retry it".into()));
+                Vec::new()
+            }
+        }
+    }
+}

@@ -1,0 +1,544 @@
+//! Drawing the app: a title bar (mode and the last answer), the pane tabs, the focused pane, the
+//! key bar generated from the keymap, and overlays (help, confirmations). Only the rows that fit
+//! are built, so a long queue costs nothing off screen.
+
+use super::app::{App, Level, Mode, Overlay, Pane, QueueRow};
+use super::keymap::{Context, Keymap};
+use super::theme::Theme;
+use crate::config::units::human_bytes;
+use crate::store::rfc3339;
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Style;
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Cell, Clear, Paragraph, Row, Sparkline, Table, TableState, Tabs, Wrap};
+
+pub fn draw(frame: &mut Frame, app: &App, theme: &Theme, keymap: &Keymap) {
+    let [title, tabs, body, bar] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Length(1),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    draw_title(frame, title, app, theme);
+    draw_tabs(frame, tabs, app, theme);
+    let block = Block::bordered()
+        .border_style(theme.pane.border_focused)
+        .title(Span::styled(
+            format!(" {} ", app.pane.title()),
+            theme.pane.title_focused,
+        ));
+    let inner = block.inner(body);
+    frame.render_widget(block, body);
+    match app.pane {
+        Pane::Buckets => draw_buckets(frame, inner, app, theme),
+        Pane::Rules => draw_rules(frame, inner, app, theme),
+        Pane::Queue => draw_queue(frame, inner, app, theme),
+        Pane::Migration => draw_migration(frame, inner, app, theme),
+        Pane::Log => draw_log(frame, inner, app, theme),
+    }
+    draw_keybar(frame, bar, app, theme, keymap);
+    match &app.overlay {
+        Some(Overlay::Help) => draw_help(frame, body, theme, keymap),
+        Some(Overlay::Confirm {
+            title, lines, warning, ..
+        }) => draw_confirm(frame, body, theme, title, lines, warning.as_deref()),
+        None => {}
+    }
+}
+
+fn draw_title(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let mut spans = vec![Span::styled(" crr ", theme.title.bar)];
+    spans.push(match (&app.mode, app.disconnected) {
+        (_, true) => Span::styled(" service stopped: q quits ", theme.title.warning),
+        (Mode::Embedded, _) => Span::styled(" embedded ", theme.title.mode),
+        (Mode::Attached { pid }, _) => {
+            Span::styled(format!(" attached to crr serve (pid {pid}) "), theme.title.attached)
+        }
+    });
+    if let Some((level, text)) = &app.status {
+        let style = match level {
+            Level::Error => theme.log.error,
+            Level::Warn => theme.log.warn,
+            Level::Info => theme.title.bar,
+        };
+        spans.push(Span::styled(format!(" {text}"), style));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)).style(theme.title.bar), area);
+}
+
+fn draw_tabs(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let titles: Vec<String> = Pane::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, p)| format!("{} {}", i + 1, p.title()))
+        .collect();
+    let selected = Pane::ALL.iter().position(|p| *p == app.pane);
+    let tabs = Tabs::new(titles)
+        .select(selected)
+        .style(theme.tabs.tab)
+        .highlight_style(theme.tabs.active)
+        .divider(Span::styled("|", theme.tabs.separator));
+    frame.render_widget(tabs, area);
+}
+
+fn draw_keybar(frame: &mut Frame, area: Rect, app: &App, theme: &Theme, keymap: &Keymap) {
+    let context = app.context();
+    let mut spans = Vec::new();
+    if let Some(p) = keymap.pending() {
+        spans.push(Span::styled(format!(" {p} "), theme.keybar.pending));
+    }
+    let mut width = 0usize;
+    for e in keymap.bar(context) {
+        let key = format!(" {} ", e.keys_text());
+        let desc = format!("{} ", e.desc);
+        width += key.chars().count() + desc.chars().count();
+        if width > area.width as usize {
+            break;
+        }
+        spans.push(Span::styled(key, theme.keybar.key));
+        spans.push(Span::styled(desc, theme.keybar.desc));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)).style(theme.keybar.bar), area);
+}
+
+/// A table's header and column widths.
+struct Columns<'a>(Vec<&'a str>, Vec<Constraint>);
+
+/// A table of `rows` rows of which only the visible ones are built by `row`.
+fn draw_table<'a>(
+    frame: &mut Frame,
+    area: Rect,
+    app: &App,
+    theme: &Theme,
+    Columns(header, widths): Columns<'a>,
+    rows: usize,
+    row: impl Fn(usize) -> Row<'a>,
+) {
+    let height = area.height.saturating_sub(1).max(1) as usize;
+    let selected = app.selected().min(rows.saturating_sub(1));
+    // The window of rows around the selection: only those are built.
+    let first = selected.saturating_sub(height.saturating_sub(1));
+    let built: Vec<Row> = (first..rows.min(first + height)).map(row).collect();
+    let table = Table::new(built, widths)
+        .header(Row::new(header).style(theme.table.header))
+        .row_highlight_style(theme.table.selected)
+        .style(theme.table.row);
+    let mut state = TableState::default().with_selected((rows > 0).then_some(selected - first));
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+fn empty(frame: &mut Frame, area: Rect, theme: &Theme, text: &str) {
+    frame.render_widget(
+        Paragraph::new(text.to_string())
+            .style(theme.table.dimmed)
+            .wrap(Wrap { trim: true }),
+        area,
+    );
+}
+
+fn draw_buckets(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let s = &app.snapshot;
+    if s.endpoints.is_empty() {
+        return empty(frame, area, theme, "No endpoints in the config.");
+    }
+    let row = |i: usize| {
+        let e = &s.endpoints[i];
+        let (state, style) = match e.reachable {
+            Some(true) => ("reachable", theme.endpoint.reachable),
+            Some(false) => ("unreachable", theme.endpoint.unreachable),
+            None => ("not used yet", theme.endpoint.unknown),
+        };
+        // The buckets of this endpoint that rules use, with the rules touching each.
+        let mut buckets: Vec<String> = Vec::new();
+        for r in &s.rules {
+            for (side, b) in [("src", &r.source), ("dst", &r.destination)] {
+                if let Some(bucket) = b.strip_prefix(&format!("{}/", e.name)) {
+                    buckets.push(format!("{bucket} ({side} of {})", r.id));
+                }
+            }
+        }
+        let detail = match (&e.last_error, e.reachable) {
+            (Some(err), Some(false)) => err.clone(),
+            _ => buckets.join(", "),
+        };
+        Row::new(vec![
+            Cell::from(e.name.clone()),
+            Cell::from(e.region.clone()),
+            Cell::from(Span::styled(state, style)),
+            Cell::from(detail),
+        ])
+    };
+    draw_table(
+        frame,
+        area,
+        app,
+        theme,
+        Columns(
+            vec!["ENDPOINT", "REGION", "STATE", "BUCKETS / LAST ERROR"],
+            vec![
+                Constraint::Length(10),
+                Constraint::Length(14),
+                Constraint::Length(12),
+                Constraint::Min(10),
+            ],
+        ),
+        s.endpoints.len(),
+        row,
+    );
+}
+
+fn draw_rules(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let s = &app.snapshot;
+    if s.rules.is_empty() {
+        return empty(frame, area, theme, "No rules in the config yet.");
+    }
+    let wide = area.width >= 110;
+    let row = |i: usize| {
+        let r = &s.rules[i];
+        let (state, style) = match r.state.as_str() {
+            _ if r.failed > 0 => (format!("{} !", r.state), theme.rule.failed),
+            "enabled" => (r.state.clone(), theme.rule.enabled),
+            "enabling" => (r.state.clone(), theme.rule.enabling),
+            _ => (r.state.clone(), theme.rule.disabled),
+        };
+        // How far behind now the last sync point is; a stopped rule has no lag to speak of.
+        let sync = match r.lag_seconds {
+            Some(lag) => format!("{lag}s ago"),
+            None => "-".into(),
+        };
+        let migration = r
+            .migration
+            .as_ref()
+            .map(|m| format!("{:.1}% {}", m.percent, m.state))
+            .unwrap_or_else(|| "-".into());
+        let mut cells = vec![
+            Cell::from(r.id.clone()),
+            Cell::from(Span::styled(state, style)),
+            Cell::from(format!("{} -> {}", r.source, r.destination)),
+        ];
+        if wide {
+            cells.push(Cell::from(if r.prefixes.is_empty() {
+                "whole bucket".to_string()
+            } else {
+                r.prefixes.join(",")
+            }));
+            cells.push(Cell::from(r.operations.clone()));
+            cells.push(Cell::from(r.storage_class.clone().unwrap_or_else(|| "source".into())));
+        }
+        cells.extend([
+            Cell::from(sync),
+            Cell::from(format!("{}", r.backlog_objects)),
+            Cell::from(format!("{}", r.failed)),
+            Cell::from(migration),
+        ]);
+        Row::new(cells)
+    };
+    let (header, widths) = if wide {
+        (
+            vec![
+                "ID",
+                "STATE",
+                "SOURCE -> DESTINATION",
+                "SCOPE",
+                "OPS",
+                "CLASS",
+                "SYNCED",
+                "BACKLOG",
+                "FAILED",
+                "MIGRATION",
+            ],
+            vec![
+                Constraint::Length(14),
+                Constraint::Length(10),
+                Constraint::Min(20),
+                Constraint::Length(12),
+                Constraint::Length(4),
+                Constraint::Length(11),
+                Constraint::Length(9),
+                Constraint::Length(8),
+                Constraint::Length(7),
+                Constraint::Length(16),
+            ],
+        )
+    } else {
+        (
+            vec![
+                "ID",
+                "STATE",
+                "SOURCE -> DESTINATION",
+                "SYNCED",
+                "BACKLOG",
+                "FAILED",
+                "MIGRATION",
+            ],
+            vec![
+                Constraint::Length(10),
+                Constraint::Length(9),
+                Constraint::Min(20),
+                Constraint::Length(7),
+                Constraint::Length(7),
+                Constraint::Length(6),
+                Constraint::Length(13),
+            ],
+        )
+    };
+    draw_table(frame, area, app, theme, Columns(header, widths), s.rules.len(), row);
+}
+
+/// "[#####.....]" of `width` cells for `done` of `total`.
+fn bar(done: u64, total: u64, width: usize) -> String {
+    let filled = if total == 0 {
+        width
+    } else {
+        ((done.min(total) as u128 * width as u128) / total as u128) as usize
+    };
+    format!("{}{}", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+fn draw_queue(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let s = &app.snapshot;
+    let [totals, table] = Layout::vertical([Constraint::Length(2), Constraint::Min(1)]).areas(area);
+    let backlog: i64 = s.rules.iter().map(|r| r.backlog_objects).sum::<i64>() - s.running.len() as i64;
+    let failed: i64 = s.rules.iter().map(|r| r.failed).sum();
+    let rate: u64 = s.running.iter().map(|r| r.rate).sum();
+    let [text, spark] = Layout::horizontal([Constraint::Min(20), Constraint::Length(30)]).areas(totals);
+    frame.render_widget(
+        Paragraph::new(format!(
+            "{} copying, {} waiting, {failed} failed; {}/s",
+            s.running.len(),
+            backlog.max(0),
+            human_bytes(rate)
+        ))
+        .style(theme.queue.totals),
+        text,
+    );
+    frame.render_widget(
+        Sparkline::default().data(&s.throughput).style(theme.sparkline.bars),
+        spark,
+    );
+    let rows = app.queue_rows();
+    if rows.is_empty() {
+        return empty(frame, table, theme, "Nothing to copy: every enabled rule is caught up.");
+    }
+    let row = |i: usize| match &rows[i] {
+        QueueRow::Running(j) => {
+            let c = &s.running[*j];
+            let pct = (c.bytes_done * 100).checked_div(c.size).unwrap_or(100);
+            Row::new(vec![
+                Cell::from(c.key.clone()),
+                Cell::from(c.rule_id.clone()),
+                Cell::from(human_bytes(c.size)),
+                Cell::from(Line::from(vec![
+                    Span::styled(bar(c.bytes_done, c.size, 10), theme.queue.gauge_filled),
+                    Span::raw(format!(" {pct:>3}%")),
+                ])),
+                Cell::from(Span::styled(format!("{}/s", human_bytes(c.rate)), theme.queue.rate)),
+                Cell::from(format!("{}/{} #{}", c.part, c.parts, c.attempt)),
+            ])
+        }
+        QueueRow::Failed(j) => {
+            let f = &s.recent_failures[*j];
+            Row::new(vec![
+                Cell::from(f.key.clone()),
+                Cell::from(f.rule_id.clone()),
+                Cell::from(human_bytes(f.size)),
+                Cell::from(format!("failed: {}", f.reason)),
+                Cell::from(""),
+                Cell::from(format!("task {}", f.task_id)),
+            ])
+            .style(theme.queue.failed)
+        }
+        QueueRow::Completed(j) => {
+            let d = &app.completed[*j];
+            Row::new(vec![
+                Cell::from(d.key.clone()),
+                Cell::from(d.rule.clone()),
+                Cell::from(human_bytes(d.size)),
+                Cell::from("done"),
+                Cell::from(""),
+                Cell::from(""),
+            ])
+            .style(theme.queue.completed)
+        }
+    };
+    draw_table(
+        frame,
+        table,
+        app,
+        theme,
+        Columns(
+            vec!["KEY", "RULE", "SIZE", "PROGRESS", "RATE", "PART/TRY"],
+            vec![
+                Constraint::Min(12),
+                Constraint::Length(10),
+                Constraint::Length(10),
+                Constraint::Length(16),
+                Constraint::Length(11),
+                Constraint::Length(9),
+            ],
+        ),
+        rows.len(),
+        row,
+    );
+}
+
+fn draw_migration(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let rules = app.migrations();
+    if rules.is_empty() {
+        return empty(
+            frame,
+            area,
+            theme,
+            "No migration yet: select a rule in the Rules pane and press m to copy what existed before its enable point.",
+        );
+    }
+    let row = |i: usize| {
+        let r = rules[i];
+        let Some(m) = &r.migration else {
+            return Row::new(vec![Cell::from(r.id.clone())]);
+        };
+        let style = match m.state.as_str() {
+            "paused" => theme.migration.paused,
+            "completed" => theme.migration.completed,
+            "failed" | "cancelled" => theme.migration.failed,
+            _ => theme.migration.label,
+        };
+        let at_least = if m.listing_complete { "" } else { ">=" };
+        let eta = m
+            .eta_seconds
+            .map(|s| humantime::format_duration(std::time::Duration::from_secs(s)).to_string())
+            .unwrap_or_else(|| "-".into());
+        Row::new(vec![
+            Cell::from(r.id.clone()),
+            Cell::from(Span::styled(m.state.clone(), style)),
+            Cell::from(Line::from(vec![
+                Span::styled(bar((m.percent * 10.0) as u64, 1000, 8), theme.migration.gauge_filled),
+                Span::raw(format!(" {:5.1}%", m.percent)),
+            ])),
+            Cell::from(format!(
+                "{}/{at_least}{}",
+                m.done_objects + m.skipped_objects,
+                m.total_objects
+            )),
+            Cell::from(format!(
+                "{}/{at_least}{}",
+                human_bytes(m.done_bytes.max(0) as u64),
+                human_bytes(m.total_bytes.max(0) as u64)
+            )),
+            Cell::from(format!("{}/s", human_bytes(m.throughput_bytes_per_sec))),
+            Cell::from(eta),
+        ])
+    };
+    draw_table(
+        frame,
+        area,
+        app,
+        theme,
+        Columns(
+            vec!["RULE", "STATE", "PROGRESS", "OBJECTS", "BYTES", "RATE", "ETA"],
+            vec![
+                Constraint::Length(9),
+                Constraint::Length(8),
+                Constraint::Length(15),
+                Constraint::Length(9),
+                Constraint::Min(17),
+                Constraint::Length(9),
+                Constraint::Length(5),
+            ],
+        ),
+        rules.len(),
+        row,
+    );
+}
+
+fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    if app.log.is_empty() {
+        return empty(frame, area, theme, "No events yet.");
+    }
+    let row = |i: usize| {
+        let l = &app.log[i];
+        let style = match l.level {
+            Level::Error => theme.log.error,
+            Level::Warn => theme.log.warn,
+            Level::Info => theme.log.info,
+        };
+        let time = rfc3339(l.at);
+        let time = time.get(11..19).unwrap_or(&time).to_string();
+        Row::new(vec![
+            Cell::from(Span::styled(time, theme.log.time)),
+            Cell::from(Span::styled(l.text.clone(), style)),
+        ])
+    };
+    draw_table(
+        frame,
+        area,
+        app,
+        theme,
+        Columns(vec!["TIME", "EVENT"], vec![Constraint::Length(8), Constraint::Min(10)]),
+        app.log.len(),
+        row,
+    );
+}
+
+/// A centred box of at most `w` by `h` cells.
+fn centred(area: Rect, w: u16, h: u16) -> Rect {
+    let w = w.min(area.width);
+    let h = h.min(area.height);
+    Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h)
+}
+
+fn draw_help(frame: &mut Frame, area: Rect, theme: &Theme, keymap: &Keymap) {
+    let mut lines = Vec::new();
+    for (context, entries) in keymap.help() {
+        if matches!(context, Context::Input) {
+            continue;
+        }
+        lines.push(Line::from(Span::styled(
+            context.name().to_string(),
+            theme.overlay.title,
+        )));
+        for e in entries {
+            lines.push(Line::from(vec![
+                Span::styled(format!("  {:<14}", e.keys_text()), theme.overlay.key),
+                Span::styled(e.desc.clone(), theme.overlay.text),
+            ]));
+        }
+    }
+    let rect = centred(area, 64, area.height);
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(lines).block(
+            Block::bordered()
+                .border_style(theme.overlay.border)
+                .title(Span::styled(" Keys (? or Esc closes) ", theme.overlay.title)),
+        ),
+        rect,
+    );
+}
+
+fn draw_confirm(frame: &mut Frame, area: Rect, theme: &Theme, title: &str, lines: &[String], warning: Option<&str>) {
+    let mut text: Vec<Line> = lines
+        .iter()
+        .map(|l| Line::from(Span::styled(l.clone(), theme.overlay.text)))
+        .collect();
+    if let Some(w) = warning {
+        text.push(Line::from(Span::styled(format!("warning: {w}"), theme.overlay.danger)));
+    }
+    text.push(Line::from(""));
+    text.push(Line::from(Span::styled("y: yes    n: no", theme.overlay.confirm)));
+    let rect = centred(area, 76, text.len() as u16 + 4);
+    frame.render_widget(Clear, rect);
+    frame.render_widget(
+        Paragraph::new(text)
+            .wrap(Wrap { trim: true })
+            .style(Style::default())
+            .block(
+                Block::bordered()
+                    .border_style(theme.overlay.border)
+                    .title(Span::styled(format!(" {title} "), theme.overlay.title)),
+            ),
+        rect,
+    );
+}
