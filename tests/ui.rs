@@ -318,3 +318,87 @@ fn a_queue_of_100000_rows_builds_only_the_visible_ones() {
     assert!(t.contains("k/099999"), "{t}");
     assert!(!t.contains("k/000000"), "{t}");
 }
+
+fn type_text(app: &mut App, text: &str) {
+    use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    for c in text.chars() {
+        app.on_text(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
+    }
+}
+
+fn clear_field(app: &mut App) {
+    use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    for _ in 0..40 {
+        app.on_text(KeyEvent::new(KeyCode::Backspace, KeyModifiers::NONE));
+    }
+}
+
+const CONFIG: &str = "# my replication\n[[endpoint]]\nname = \"gz\"\nregion = \"ap-guangzhou\"\nurl = \"http://127.0.0.1:9\"\n\n[[endpoint]]\nname = \"sh\"\nregion = \"ap-shanghai\"\nurl = \"http://127.0.0.1:9\"\n\n[[rule]]\nid = \"photos\"   # the first one\nsource = \"gz/photos\"\ndestination = \"sh/photos-dr\"\n";
+
+#[test]
+fn the_rule_editor_checks_as_it_goes_and_saves_through_the_engine() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("crr.toml");
+    std::fs::write(&path, CONFIG).expect("write");
+    let mut a = app();
+    a.config_path = Some(path.clone());
+    a.on_action(Action::RulesPane);
+    a.on_action(Action::NewRule);
+    assert!(matches!(a.overlay, Some(Overlay::Editor(_))));
+    assert_eq!(a.context(), crr::tui::keymap::Context::Input);
+    type_text(&mut a, "logs");
+    a.on_action(Action::NextField);
+    type_text(&mut a, "gz/logs");
+    a.on_action(Action::NextField);
+    // A second destination for... no: gz/logs -> sh/photos-dr gives sh/photos-dr a second source.
+    type_text(&mut a, "sh/photos-dr");
+    let Some(Overlay::Editor(e)) = &a.overlay else {
+        panic!("closed")
+    };
+    assert!(
+        e.problem.as_deref().is_some_and(|p| p.contains("photos-dr")),
+        "{:?}",
+        e.problem
+    );
+    assert!(
+        a.on_action(Action::Submit).is_empty(),
+        "a draft the loader refuses is not sent"
+    );
+    insta::assert_snapshot!("editor_80x24", text(&render(&a, 80, 24)));
+    clear_field(&mut a);
+    type_text(&mut a, "sh/logs-dr");
+    a.on_action(Action::NextField);
+    type_text(&mut a, "app/, web/");
+    let effects = a.on_action(Action::Submit);
+    let [Effect::Send(Command::SaveRule { previous_id, rule })] = effects.as_slice() else {
+        panic!("{effects:?}")
+    };
+    assert_eq!(previous_id, &None);
+    assert_eq!(
+        (rule.id.as_str(), rule.source.as_str(), rule.destination.as_str()),
+        ("logs", "gz/logs", "sh/logs-dr")
+    );
+    assert_eq!(rule.prefixes, vec!["app/".to_string(), "web/".to_string()]);
+    assert_eq!(
+        (rule.operations.as_str(), rule.overwrite.as_str(), rule.enabled),
+        ("all", "if-different", true)
+    );
+    assert!(a.overlay.is_none());
+    // The file itself is the engine's to write.
+    assert_eq!(std::fs::read_to_string(&path).expect("read"), CONFIG);
+
+    // Editing the selected rule starts from its values; d asks before deleting.
+    a.on_action(Action::Top);
+    a.on_action(Action::Edit);
+    let Some(Overlay::Editor(e)) = &a.overlay else {
+        panic!("no editor")
+    };
+    assert_eq!(e.previous_id.as_deref(), Some("photos"));
+    assert_eq!(e.draft().source, "gz/photos");
+    a.on_action(Action::Cancel);
+    a.on_action(Action::Delete);
+    assert_eq!(
+        a.on_action(Action::Yes),
+        vec![Effect::Send(Command::DeleteRule { id: "photos".into() })]
+    );
+}

@@ -2,6 +2,7 @@
 //! snapshots and command replies go in; state changes and `Effect`s (commands to send, quit)
 //! come out. Everything here is testable without a terminal or an engine.
 
+use super::editor::Editor;
 use super::keymap::{Action, Context};
 use crate::engine::api::RuleView;
 use crate::engine::{Command, Event, MigrateAction, Reply, RetryTarget, Snapshot};
@@ -66,9 +67,11 @@ pub enum Effect {
     Reconnect,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Overlay {
     Help,
+    /// The rule editor (n: a new rule, e/Enter: the selected one).
+    Editor(Box<Editor>),
     /// A y/n question; `yes` runs on y.
     Confirm {
         title: String,
@@ -127,6 +130,8 @@ pub struct App {
     pub disconnected: bool,
     /// The time the driver last told (unix ms): injected, so that views and tests agree.
     pub now: i64,
+    /// The config file, for the rule editor to check drafts against.
+    pub config_path: Option<std::path::PathBuf>,
 }
 
 impl App {
@@ -142,6 +147,7 @@ impl App {
             status: None,
             disconnected: false,
             now,
+            config_path: None,
         }
     }
 
@@ -150,6 +156,7 @@ impl App {
         match &self.overlay {
             Some(Overlay::Help) => Context::Help,
             Some(Overlay::Confirm { .. }) => Context::Confirm,
+            Some(Overlay::Editor(_)) => Context::Input,
             None => self.pane.context(),
         }
     }
@@ -302,6 +309,7 @@ impl App {
                 }
                 return Vec::new();
             }
+            Some(Overlay::Editor(_)) => return self.editor_action(action),
             Some(Overlay::Confirm { yes, .. }) => {
                 let yes = yes.clone();
                 return match action {
@@ -342,7 +350,10 @@ impl App {
             Action::Migrate => self.ask_migrate(),
             Action::PauseResume => return self.pause_resume(),
             Action::Retry => return self.retry(),
-            Action::NewRule | Action::Edit | Action::Delete | Action::Filter | Action::Palette => {
+            Action::NewRule => self.open_editor(false),
+            Action::Edit => self.open_editor(true),
+            Action::Delete => self.ask_delete(),
+            Action::Filter | Action::Palette | Action::EnableVersioning => {
                 self.status = Some((
                     Level::Warn,
                     format!("{action} is not in this build yet: edit the config file, then `crr rule enable|disable`"),
@@ -370,6 +381,83 @@ impl App {
             yes: vec![Effect::Quit],
         });
         Vec::new()
+    }
+
+    fn open_editor(&mut self, existing: bool) {
+        let Some(path) = self.config_path.clone() else {
+            self.status = Some((Level::Warn, "no config file to edit".into()));
+            return;
+        };
+        let rule = if existing {
+            match self.selected_rule() {
+                Some(r) => Some(r.clone()),
+                None => return,
+            }
+        } else {
+            None
+        };
+        let mut known: Vec<String> = Vec::new();
+        for r in &self.snapshot.rules {
+            for b in [&r.source, &r.destination] {
+                if !known.contains(b) {
+                    known.push(b.clone());
+                }
+            }
+        }
+        self.overlay = Some(Overlay::Editor(Box::new(Editor::new(rule.as_ref(), &path, known))));
+    }
+
+    /// Keys the editor's text field takes (everything the keymap does not bind there).
+    pub fn on_text(&mut self, key: ratatui::crossterm::event::KeyEvent) {
+        use tui_input::backend::crossterm::EventHandler;
+        if let Some(Overlay::Editor(e)) = &mut self.overlay {
+            if let Some(input) = e.focused() {
+                input.handle_event(&ratatui::crossterm::event::Event::Key(key));
+            }
+            e.check();
+        }
+    }
+
+    fn editor_action(&mut self, action: Action) -> Vec<Effect> {
+        let Some(Overlay::Editor(e)) = &mut self.overlay else {
+            return Vec::new();
+        };
+        match action {
+            Action::NextField => e.next(),
+            Action::PrevField => e.previous(),
+            Action::Cancel => self.overlay = None,
+            Action::ForceQuit => return vec![Effect::Quit],
+            Action::Submit => {
+                e.check();
+                if let Some(problem) = &e.problem {
+                    self.status = Some((Level::Error, format!("not saved: {problem}")));
+                    return Vec::new();
+                }
+                let command = Command::SaveRule {
+                    previous_id: e.previous_id.clone(),
+                    rule: e.draft(),
+                };
+                self.overlay = None;
+                return vec![Effect::Send(command)];
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    fn ask_delete(&mut self) {
+        let Some(rule) = self.selected_rule().cloned() else {
+            return;
+        };
+        self.overlay = Some(Overlay::Confirm {
+            title: format!("Delete rule {}?", rule.id),
+            lines: vec![
+                "It is removed from the config file and stops: in-flight copies are aborted.".into(),
+                format!("What is already replicated stays in {}.", rule.destination),
+            ],
+            warning: None,
+            yes: vec![Effect::Send(Command::DeleteRule { id: rule.id.clone() })],
+        });
     }
 
     fn ask_toggle(&mut self) {

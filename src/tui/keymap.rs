@@ -1155,7 +1155,7 @@ mod tests {
             "{actions:?}"
         );
         let pos = |a| actions.iter().position(|x| *x == a).unwrap();
-        assert!(pos(Action::Migrate) < pos(Action::Quit));
+        assert!(pos(Action::Delete) < pos(Action::Quit));
         let confirm: Vec<Action> = k.bar(Context::Confirm).iter().map(|e| e.action).collect();
         assert_eq!(confirm, vec![Action::Yes, Action::No]);
     }

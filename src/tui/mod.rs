@@ -6,6 +6,7 @@
 //! `keymap` are what a user configures.
 
 pub mod app;
+pub mod editor;
 pub mod keymap;
 pub mod theme;
 pub mod view;
@@ -158,6 +159,7 @@ async fn ui_loop(
     let stop_input = Arc::new(AtomicBool::new(false));
     let mut input = spawn_input(stop_input.clone());
     let mut app = App::new(backend.mode.clone(), crate::store::now_ms());
+    app.config_path = Some(paths.config.clone());
     let mut events = backend.handle.events();
     let mut snapshots = backend.handle.snapshot();
     let mut replies: FuturesUnordered<oneshot::Receiver<Reply>> = FuturesUnordered::new();
@@ -185,6 +187,7 @@ async fn ui_loop(
                     } else {
                         match keymap.handle(app.context(), key) {
                             KeyOutcome::Action(a) => effects = app.on_action(a),
+                            KeyOutcome::Unbound if app.context() == keymap::Context::Input => app.on_text(key),
                             KeyOutcome::Pending | KeyOutcome::Unbound | KeyOutcome::Ignored => {}
                         }
                     }
@@ -241,6 +244,7 @@ async fn ui_loop(
                         Ok(b) => {
                             backend = b;
                             app = App::new(backend.mode.clone(), crate::store::now_ms());
+                            app.config_path = Some(paths.config.clone());
                             events = backend.handle.events();
                             snapshots = backend.handle.snapshot();
                         }

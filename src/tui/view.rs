@@ -3,6 +3,7 @@
 //! are built, so a long queue costs nothing off screen.
 
 use super::app::{App, Level, Mode, Overlay, Pane, QueueRow};
+use super::editor::{Editor, FIELDS};
 use super::keymap::{Context, Keymap};
 use super::theme::Theme;
 use crate::config::units::human_bytes;
@@ -44,6 +45,7 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme, keymap: &Keymap) {
         Some(Overlay::Confirm {
             title, lines, warning, ..
         }) => draw_confirm(frame, body, theme, title, lines, warning.as_deref()),
+        Some(Overlay::Editor(e)) => draw_editor(frame, body, theme, e),
         None => {}
     }
 }
@@ -541,4 +543,73 @@ fn draw_confirm(frame: &mut Frame, area: Rect, theme: &Theme, title: &str, lines
             ),
         rect,
     );
+}
+
+fn draw_editor(frame: &mut Frame, area: Rect, theme: &Theme, e: &Editor) {
+    let label_width = 15u16;
+    let rect = centred(area, 78, FIELDS.len() as u16 + 6);
+    frame.render_widget(Clear, rect);
+    let title = match &e.previous_id {
+        Some(id) => format!(" Edit rule {id} "),
+        None => " New rule ".to_string(),
+    };
+    let block = Block::bordered()
+        .border_style(theme.overlay.border)
+        .title(Span::styled(title, theme.overlay.title));
+    let inner = block.inner(rect);
+    frame.render_widget(block, rect);
+    let value_width = inner.width.saturating_sub(label_width).max(1);
+    for (i, ((name, hint), input)) in FIELDS.iter().zip(&e.inputs).enumerate() {
+        let y = inner.y + i as u16;
+        if y >= inner.bottom() {
+            break;
+        }
+        let focused = i == e.focus;
+        let scroll = input.visual_scroll(value_width as usize);
+        let shown: String = input.value().chars().skip(scroll).take(value_width as usize).collect();
+        let value = if shown.is_empty() && !focused {
+            Span::styled(hint.to_string(), theme.table.dimmed)
+        } else {
+            Span::styled(
+                shown,
+                if focused {
+                    theme.overlay.input
+                } else {
+                    theme.overlay.text
+                },
+            )
+        };
+        let label = Span::styled(
+            format!("{name:>13}  "),
+            if focused {
+                theme.overlay.selected
+            } else {
+                theme.overlay.text
+            },
+        );
+        frame.render_widget(
+            Paragraph::new(Line::from(vec![label, value])),
+            Rect::new(inner.x, y, inner.width, 1),
+        );
+        if focused {
+            let cursor = (input.visual_cursor().saturating_sub(scroll)) as u16;
+            frame.set_cursor_position((inner.x + label_width + cursor.min(value_width - 1), y));
+        }
+    }
+    let mut y = inner.y + FIELDS.len() as u16 + 1;
+    let focus_name = FIELDS.get(e.focus).map(|f| f.0).unwrap_or_default();
+    if matches!(focus_name, "source" | "destination") && !e.known_buckets.is_empty() && y < inner.bottom() {
+        frame.render_widget(
+            Paragraph::new(format!("known: {}", e.known_buckets.join(", "))).style(theme.table.dimmed),
+            Rect::new(inner.x, y, inner.width, 1),
+        );
+        y += 1;
+    }
+    if y < inner.bottom() {
+        let line = match &e.problem {
+            Some(p) => Span::styled(p.clone(), theme.overlay.danger),
+            None => Span::styled("Enter saves to the config file; Esc cancels", theme.overlay.confirm),
+        };
+        frame.render_widget(Paragraph::new(line), Rect::new(inner.x, y, inner.width, 1));
+    }
 }
