@@ -4,7 +4,7 @@
 
 use super::app::{App, Level, Mode, Overlay, Pane, QueueRow};
 use super::editor::{Editor, FIELDS};
-use super::keymap::{Context, Keymap};
+use super::keymap::{Action, Context, HelpEntry, Keymap};
 use super::theme::Theme;
 use crate::config::units::human_bytes;
 use crate::store::rfc3339;
@@ -91,16 +91,25 @@ fn draw_keybar(frame: &mut Frame, area: Rect, app: &App, theme: &Theme, keymap: 
     if let Some(p) = keymap.pending() {
         spans.push(Span::styled(format!(" {p} "), theme.keybar.pending));
     }
-    let mut width = 0usize;
-    for e in keymap.bar(context) {
-        let key = format!(" {} ", e.keys_text());
-        let desc = format!("{} ", e.desc);
-        width += key.chars().count() + desc.chars().count();
-        if width > area.width as usize {
+    // Help and quit always show; the pane's keys fill what room is left, in keymap order.
+    let entries = keymap.bar(context);
+    let (always, rest): (Vec<_>, Vec<_>) = entries
+        .into_iter()
+        .partition(|e| matches!(e.action, Action::Help | Action::Quit));
+    let cost = |e: &HelpEntry| e.keys_text().chars().count() + e.desc.chars().count() + 3;
+    let mut room = (area.width as usize).saturating_sub(always.iter().map(cost).sum());
+    let mut shown: Vec<&HelpEntry> = Vec::new();
+    for e in &rest {
+        if cost(e) > room {
             break;
         }
-        spans.push(Span::styled(key, theme.keybar.key));
-        spans.push(Span::styled(desc, theme.keybar.desc));
+        room -= cost(e);
+        shown.push(e);
+    }
+    shown.extend(always.iter());
+    for e in shown {
+        spans.push(Span::styled(format!(" {} ", e.keys_text()), theme.keybar.key));
+        spans.push(Span::styled(format!("{} ", e.desc), theme.keybar.desc));
     }
     frame.render_widget(Paragraph::new(Line::from(spans)).style(theme.keybar.bar), area);
 }
