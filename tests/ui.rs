@@ -402,3 +402,51 @@ fn the_rule_editor_checks_as_it_goes_and_saves_through_the_engine() {
         vec![Effect::Send(Command::DeleteRule { id: "photos".into() })]
     );
 }
+
+#[test]
+fn the_filter_narrows_the_focused_pane_and_the_palette_runs_commands() {
+    let mut a = app();
+    a.themes = vec!["default".into(), "light".into()];
+    a.on_action(Action::RulesPane);
+    a.on_action(Action::Filter);
+    type_text(&mut a, "LOG");
+    a.on_action(Action::Submit);
+    assert_eq!(a.rule_rows(), vec![1], "only the logs rule matches");
+    let screen = text(&render(&a, 80, 24));
+    assert!(
+        screen.contains("(filter: LOG)") && !screen.contains("gz/photos"),
+        "{screen}"
+    );
+    // Actions apply to the row shown: the filtered list's first row is "logs".
+    a.on_action(Action::ToggleRule);
+    assert!(matches!(&a.overlay, Some(Overlay::Confirm { title, .. }) if title.contains("Enable rule logs")));
+    a.on_action(Action::No);
+    a.on_action(Action::Cancel);
+    assert_eq!(a.rule_rows(), vec![0, 1], "Esc clears the filter");
+
+    // The palette completes with Tab and runs what it names, asking first where keys would.
+    a.on_action(Action::Palette);
+    type_text(&mut a, "mig");
+    assert_eq!(
+        a.completions("mig"),
+        vec!["migration", "migrate photos", "migrate logs"]
+    );
+    insta::assert_snapshot!("palette_80x24", text(&render(&a, 80, 24)));
+    a.on_action(Action::Cancel);
+    a.on_action(Action::Palette);
+    type_text(&mut a, "disable ph");
+    a.on_action(Action::NextField);
+    assert!(a.on_action(Action::Submit).is_empty());
+    assert!(matches!(&a.overlay, Some(Overlay::Confirm { title, .. }) if title.contains("Disable rule photos")));
+    assert_eq!(
+        a.on_action(Action::Yes),
+        vec![Effect::Send(Command::DisableRule { id: "photos".into() })]
+    );
+    a.on_action(Action::Palette);
+    type_text(&mut a, "theme light");
+    assert_eq!(a.on_action(Action::Submit), vec![Effect::SetTheme("light".into())]);
+    a.on_action(Action::Palette);
+    type_text(&mut a, "queue");
+    a.on_action(Action::Submit);
+    assert_eq!(a.pane, crr::tui::app::Pane::Queue);
+}

@@ -65,6 +65,8 @@ pub enum Effect {
     Quit,
     /// Attach to the service again, or start the engine here if none runs.
     Reconnect,
+    /// Draw with another theme from now on.
+    SetTheme(String),
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +74,11 @@ pub enum Overlay {
     Help,
     /// The rule editor (n: a new rule, e/Enter: the selected one).
     Editor(Box<Editor>),
+    /// `/` filters the focused pane as you type; `:` runs a command, Tab completing it.
+    Prompt {
+        palette: bool,
+        input: tui_input::Input,
+    },
     /// A y/n question; `yes` runs on y.
     Confirm {
         title: String,
@@ -132,6 +139,10 @@ pub struct App {
     pub now: i64,
     /// The config file, for the rule editor to check drafts against.
     pub config_path: Option<std::path::PathBuf>,
+    /// Each pane's `/` filter.
+    pub filters: [String; 5],
+    /// Theme names the palette offers.
+    pub themes: Vec<String>,
 }
 
 impl App {
@@ -148,6 +159,8 @@ impl App {
             disconnected: false,
             now,
             config_path: None,
+            filters: Default::default(),
+            themes: Vec::new(),
         }
     }
 
@@ -156,7 +169,7 @@ impl App {
         match &self.overlay {
             Some(Overlay::Help) => Context::Help,
             Some(Overlay::Confirm { .. }) => Context::Confirm,
-            Some(Overlay::Editor(_)) => Context::Input,
+            Some(Overlay::Editor(_)) | Some(Overlay::Prompt { .. }) => Context::Input,
             None => self.pane.context(),
         }
     }
@@ -168,31 +181,90 @@ impl App {
     /// How many rows the focused pane has.
     pub fn rows(&self) -> usize {
         match self.pane {
-            Pane::Buckets => self.snapshot.endpoints.len(),
-            Pane::Rules => self.snapshot.rules.len(),
+            Pane::Buckets => self.endpoint_rows().len(),
+            Pane::Rules => self.rule_rows().len(),
             Pane::Queue => self.queue_rows().len(),
             Pane::Migration => self.migrations().len(),
-            Pane::Log => self.log.len(),
+            Pane::Log => self.log_rows().len(),
         }
+    }
+
+    /// The `/` filter of a pane ("" shows everything).
+    pub fn filter(&self, pane: Pane) -> &str {
+        &self.filters[pane.index()]
+    }
+
+    fn shows(&self, pane: Pane, texts: &[&str]) -> bool {
+        let f = self.filter(pane).to_lowercase();
+        f.is_empty() || texts.iter().any(|t| t.to_lowercase().contains(&f))
+    }
+
+    /// The endpoints shown, as indexes into the snapshot's.
+    pub fn endpoint_rows(&self) -> Vec<usize> {
+        let s = &self.snapshot;
+        (0..s.endpoints.len())
+            .filter(|i| self.shows(Pane::Buckets, &[&s.endpoints[*i].name, &s.endpoints[*i].region]))
+            .collect()
+    }
+
+    /// The rules shown, as indexes into the snapshot's.
+    pub fn rule_rows(&self) -> Vec<usize> {
+        let s = &self.snapshot;
+        (0..s.rules.len())
+            .filter(|i| {
+                let r = &s.rules[*i];
+                self.shows(Pane::Rules, &[&r.id, &r.source, &r.destination, &r.state])
+            })
+            .collect()
+    }
+
+    /// The log lines shown, as indexes.
+    pub fn log_rows(&self) -> Vec<usize> {
+        (0..self.log.len())
+            .filter(|i| self.shows(Pane::Log, &[&self.log[*i].text]))
+            .collect()
     }
 
     /// Running copies, then failures (newest first), then completed copies (newest first).
     pub fn queue_rows(&self) -> Vec<QueueRow> {
         let s = &self.snapshot;
-        let mut rows: Vec<QueueRow> = (0..s.running.len()).map(QueueRow::Running).collect();
-        rows.extend((0..s.recent_failures.len()).rev().map(QueueRow::Failed));
-        rows.extend((0..self.completed.len()).rev().map(QueueRow::Completed));
+        let mut rows: Vec<QueueRow> = (0..s.running.len())
+            .filter(|i| self.shows(Pane::Queue, &[&s.running[*i].key, &s.running[*i].rule_id]))
+            .map(QueueRow::Running)
+            .collect();
+        rows.extend(
+            (0..s.recent_failures.len())
+                .rev()
+                .filter(|i| {
+                    let f = &s.recent_failures[*i];
+                    self.shows(Pane::Queue, &[&f.key, &f.rule_id, &f.reason])
+                })
+                .map(QueueRow::Failed),
+        );
+        rows.extend(
+            (0..self.completed.len())
+                .rev()
+                .filter(|i| self.shows(Pane::Queue, &[&self.completed[*i].key, &self.completed[*i].rule]))
+                .map(QueueRow::Completed),
+        );
         rows
     }
 
-    /// The rules that have a migration.
+    /// The rules that have a migration (and pass the filter).
     pub fn migrations(&self) -> Vec<&RuleView> {
-        self.snapshot.rules.iter().filter(|r| r.migration.is_some()).collect()
+        self.snapshot
+            .rules
+            .iter()
+            .filter(|r| r.migration.is_some() && self.shows(Pane::Migration, &[&r.id]))
+            .collect()
     }
 
     fn selected_rule(&self) -> Option<&RuleView> {
         match self.pane {
-            Pane::Rules => self.snapshot.rules.get(self.selected()),
+            Pane::Rules => self
+                .rule_rows()
+                .get(self.selected())
+                .and_then(|i| self.snapshot.rules.get(*i)),
             Pane::Migration => self.migrations().get(self.selected()).copied(),
             _ => None,
         }
@@ -310,6 +382,7 @@ impl App {
                 return Vec::new();
             }
             Some(Overlay::Editor(_)) => return self.editor_action(action),
+            Some(Overlay::Prompt { .. }) => return self.prompt_action(action),
             Some(Overlay::Confirm { yes, .. }) => {
                 let yes = yes.clone();
                 return match action {
@@ -353,7 +426,20 @@ impl App {
             Action::NewRule => self.open_editor(false),
             Action::Edit => self.open_editor(true),
             Action::Delete => self.ask_delete(),
-            Action::Filter | Action::Palette | Action::EnableVersioning => {
+            Action::Filter => {
+                self.overlay = Some(Overlay::Prompt {
+                    palette: false,
+                    input: tui_input::Input::default().with_value(self.filter(self.pane).to_string()),
+                })
+            }
+            Action::Palette => {
+                self.overlay = Some(Overlay::Prompt {
+                    palette: true,
+                    input: tui_input::Input::default(),
+                })
+            }
+            Action::Cancel => self.filters[self.pane.index()].clear(),
+            Action::EnableVersioning => {
                 self.status = Some((
                     Level::Warn,
                     format!("{action} is not in this build yet: edit the config file, then `crr rule enable|disable`"),
@@ -410,12 +496,132 @@ impl App {
     /// Keys the editor's text field takes (everything the keymap does not bind there).
     pub fn on_text(&mut self, key: ratatui::crossterm::event::KeyEvent) {
         use tui_input::backend::crossterm::EventHandler;
-        if let Some(Overlay::Editor(e)) = &mut self.overlay {
-            if let Some(input) = e.focused() {
-                input.handle_event(&ratatui::crossterm::event::Event::Key(key));
+        let event = ratatui::crossterm::event::Event::Key(key);
+        match &mut self.overlay {
+            Some(Overlay::Editor(e)) => {
+                if let Some(input) = e.focused() {
+                    input.handle_event(&event);
+                }
+                e.check();
             }
-            e.check();
+            Some(Overlay::Prompt { palette, input }) => {
+                input.handle_event(&event);
+                if !*palette {
+                    // The filter applies as it is typed.
+                    let value = input.value().to_string();
+                    self.filters[self.pane.index()] = value;
+                    let row = self.selected();
+                    self.select(row);
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// What the palette offers: pane names, `enable|disable|migrate|pause|resume ID`,
+    /// `theme NAME`, `quit`.
+    pub fn palette_commands(&self) -> Vec<String> {
+        let mut all: Vec<String> = ["buckets", "rules", "queue", "log", "migration", "help", "quit"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        for r in &self.snapshot.rules {
+            for verb in ["enable", "disable", "migrate", "pause", "resume"] {
+                all.push(format!("{verb} {}", r.id));
+            }
+        }
+        all.extend(self.themes.iter().map(|t| format!("theme {t}")));
+        all
+    }
+
+    /// The palette commands that start with what was typed.
+    pub fn completions(&self, typed: &str) -> Vec<String> {
+        let typed = typed.trim_start();
+        self.palette_commands()
+            .into_iter()
+            .filter(|c| c.starts_with(typed))
+            .collect()
+    }
+
+    fn prompt_action(&mut self, action: Action) -> Vec<Effect> {
+        let Some(Overlay::Prompt { palette, input }) = &mut self.overlay else {
+            return Vec::new();
+        };
+        let palette = *palette;
+        match action {
+            Action::ForceQuit => return vec![Effect::Quit],
+            Action::Cancel => {
+                if !palette {
+                    self.filters[self.pane.index()].clear();
+                }
+                self.overlay = None;
+            }
+            Action::NextField if palette => {
+                let typed = input.value().to_string();
+                if let Some(first) = self.completions(&typed).first() {
+                    self.overlay = Some(Overlay::Prompt {
+                        palette,
+                        input: tui_input::Input::default().with_value(first.clone()),
+                    });
+                }
+            }
+            Action::Submit => {
+                let typed = input.value().trim().to_string();
+                self.overlay = None;
+                if palette {
+                    return self.run_palette(&typed);
+                }
+            }
+            _ => {}
+        }
+        Vec::new()
+    }
+
+    /// Runs a palette command as if its keys had been pressed (so toggles still ask first).
+    fn run_palette(&mut self, typed: &str) -> Vec<Effect> {
+        let (verb, arg) = typed.split_once(' ').map(|(v, a)| (v, a.trim())).unwrap_or((typed, ""));
+        let pane = match verb {
+            "buckets" | "1" => Some(Action::BucketsPane),
+            "rules" | "2" => Some(Action::RulesPane),
+            "queue" | "3" => Some(Action::QueuePane),
+            "log" | "4" => Some(Action::LogPane),
+            "migration" | "5" => Some(Action::MigrationPane),
+            "help" => Some(Action::Help),
+            "q" | "quit" => Some(Action::Quit),
+            _ => None,
+        };
+        if let Some(a) = pane {
+            return self.on_action(a);
+        }
+        if verb == "theme" && !arg.is_empty() {
+            return vec![Effect::SetTheme(arg.to_string())];
+        }
+        let Some(index) = self.snapshot.rules.iter().position(|r| r.id == arg) else {
+            self.status = Some((
+                Level::Error,
+                format!("unknown command {typed:?}: Tab completes, e.g. `enable ID`, `migrate ID`, `theme NAME`"),
+            ));
+            return Vec::new();
+        };
+        let enabled = self.snapshot.rules[index].enabled;
+        let action = match verb {
+            "enable" if !enabled => Action::ToggleRule,
+            "disable" if enabled => Action::ToggleRule,
+            "enable" | "disable" => {
+                self.status = Some((Level::Info, format!("rule {arg} is already {verb}d")));
+                return Vec::new();
+            }
+            "migrate" => Action::Migrate,
+            "pause" | "resume" => Action::PauseResume,
+            _ => {
+                self.status = Some((Level::Error, format!("unknown command {typed:?}")));
+                return Vec::new();
+            }
+        };
+        self.pane = Pane::Rules;
+        self.filters[Pane::Rules.index()].clear();
+        self.selected[Pane::Rules.index()] = index;
+        self.on_action(action)
     }
 
     fn editor_action(&mut self, action: Action) -> Vec<Effect> {

@@ -150,7 +150,7 @@ async fn ui_loop(
     terminal: &mut ratatui::DefaultTerminal,
     paths: &Paths,
     mut backend: Backend,
-    theme: Theme,
+    mut theme: Theme,
     mut keymap: Keymap,
 ) -> Result<u8> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -160,6 +160,7 @@ async fn ui_loop(
     let mut input = spawn_input(stop_input.clone());
     let mut app = App::new(backend.mode.clone(), crate::store::now_ms());
     app.config_path = Some(paths.config.clone());
+    app.themes = theme::available(Some(&theme::user_theme_dir()));
     let mut events = backend.handle.events();
     let mut snapshots = backend.handle.snapshot();
     let mut replies: FuturesUnordered<oneshot::Receiver<Reply>> = FuturesUnordered::new();
@@ -238,6 +239,13 @@ async fn ui_loop(
                     Err(reply) => app.on_reply(reply),
                 },
                 Effect::Quit => quit = true,
+                Effect::SetTheme(name) => match Theme::load(&name, Some(&theme::user_theme_dir())) {
+                    Ok(t) => {
+                        theme = t;
+                        app.on_reply(Reply::done(format!("theme {name}")));
+                    }
+                    Err(e) => app.on_reply(Reply::refused(e.to_string(), "")),
+                },
                 Effect::Reconnect => {
                     // The service is gone: attach to a new one, or run the engine here.
                     match Backend::start(paths).await {

@@ -27,7 +27,10 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme, keymap: &Keymap) {
     let block = Block::bordered()
         .border_style(theme.pane.border_focused)
         .title(Span::styled(
-            format!(" {} ", app.pane.title()),
+            match app.filter(app.pane) {
+                "" => format!(" {} ", app.pane.title()),
+                f => format!(" {} (filter: {f}) ", app.pane.title()),
+            },
             theme.pane.title_focused,
         ));
     let inner = block.inner(body);
@@ -46,6 +49,7 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme, keymap: &Keymap) {
             title, lines, warning, ..
         }) => draw_confirm(frame, body, theme, title, lines, warning.as_deref()),
         Some(Overlay::Editor(e)) => draw_editor(frame, body, theme, e),
+        Some(Overlay::Prompt { palette, input }) => draw_prompt(frame, body, app, theme, *palette, input),
         None => {}
     }
 }
@@ -151,11 +155,12 @@ fn empty(frame: &mut Frame, area: Rect, theme: &Theme, text: &str) {
 
 fn draw_buckets(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let s = &app.snapshot;
+    let shown = app.endpoint_rows();
     if s.endpoints.is_empty() {
         return empty(frame, area, theme, "No endpoints in the config.");
     }
     let row = |i: usize| {
-        let e = &s.endpoints[i];
+        let e = &s.endpoints[shown[i]];
         let (state, style) = match e.reachable {
             Some(true) => ("reachable", theme.endpoint.reachable),
             Some(false) => ("unreachable", theme.endpoint.unreachable),
@@ -195,19 +200,20 @@ fn draw_buckets(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
                 Constraint::Min(10),
             ],
         ),
-        s.endpoints.len(),
+        shown.len(),
         row,
     );
 }
 
 fn draw_rules(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let s = &app.snapshot;
+    let shown = app.rule_rows();
     if s.rules.is_empty() {
         return empty(frame, area, theme, "No rules in the config yet.");
     }
     let wide = area.width >= 110;
     let row = |i: usize| {
-        let r = &s.rules[i];
+        let r = &s.rules[shown[i]];
         let (state, style) = match r.state.as_str() {
             _ if r.failed > 0 => (format!("{} !", r.state), theme.rule.failed),
             "enabled" => (r.state.clone(), theme.rule.enabled),
@@ -295,7 +301,7 @@ fn draw_rules(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
             ],
         )
     };
-    draw_table(frame, area, app, theme, Columns(header, widths), s.rules.len(), row);
+    draw_table(frame, area, app, theme, Columns(header, widths), shown.len(), row);
 }
 
 /// "[#####.....]" of `width` cells for `done` of `total`.
@@ -465,11 +471,12 @@ fn draw_migration(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
 }
 
 fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
+    let shown = app.log_rows();
     if app.log.is_empty() {
         return empty(frame, area, theme, "No events yet.");
     }
     let row = |i: usize| {
-        let l = &app.log[i];
+        let l = &app.log[shown[i]];
         let style = match l.level {
             Level::Error => theme.log.error,
             Level::Warn => theme.log.warn,
@@ -488,7 +495,7 @@ fn draw_log(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         app,
         theme,
         Columns(vec!["TIME", "EVENT"], vec![Constraint::Length(8), Constraint::Min(10)]),
-        app.log.len(),
+        shown.len(),
         row,
     );
 }
@@ -621,4 +628,54 @@ fn draw_editor(frame: &mut Frame, area: Rect, theme: &Theme, e: &Editor) {
         };
         frame.render_widget(Paragraph::new(line), Rect::new(inner.x, y, inner.width, 1));
     }
+}
+
+/// The `/` filter or `:` palette line at the bottom of the pane, with the palette's completions
+/// above it.
+fn draw_prompt(frame: &mut Frame, area: Rect, app: &App, theme: &Theme, palette: bool, input: &tui_input::Input) {
+    let prefix = if palette { ":" } else { "/" };
+    let y = area.bottom().saturating_sub(2);
+    let line = Rect::new(area.x + 1, y, area.width.saturating_sub(2), 1);
+    if palette {
+        let options = app.completions(input.value());
+        let height = (options.len() as u16).min(8);
+        if height > 0 {
+            let list = Rect::new(
+                area.x + 1,
+                y.saturating_sub(height),
+                area.width.saturating_sub(2).min(40),
+                height,
+            );
+            frame.render_widget(Clear, list);
+            let lines: Vec<Line> = options
+                .iter()
+                .take(height as usize)
+                .enumerate()
+                .map(|(i, o)| {
+                    Line::from(Span::styled(
+                        o.clone(),
+                        if i == 0 {
+                            theme.overlay.selected
+                        } else {
+                            theme.overlay.text
+                        },
+                    ))
+                })
+                .collect();
+            frame.render_widget(Paragraph::new(lines), list);
+        }
+    }
+    frame.render_widget(Clear, line);
+    let width = line.width.saturating_sub(1).max(1) as usize;
+    let scroll = input.visual_scroll(width);
+    let shown: String = input.value().chars().skip(scroll).take(width).collect();
+    frame.render_widget(
+        Paragraph::new(Line::from(vec![
+            Span::styled(prefix, theme.overlay.title),
+            Span::styled(shown, theme.overlay.input),
+        ])),
+        line,
+    );
+    let cursor = input.visual_cursor().saturating_sub(scroll) as u16;
+    frame.set_cursor_position((line.x + 1 + cursor, line.y));
 }
