@@ -683,3 +683,56 @@ async fn state_of_versions_gone_from_the_source_is_pruned() {
     engine.run_once().await.expect("run");
     assert_eq!(key_versions(&env.sh, "dst-bucket", "k.txt").await.len(), 2);
 }
+
+/// The snapshot shows each rule bucket's versioning, and a command turns it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bucket_versioning_is_shown_and_enabled_through_the_handle() {
+    let env = Env::start().await;
+    credentials();
+    create_bucket(&env.gz, "src-bucket", false).await;
+    create_bucket(&env.sh, "dst-bucket", true).await;
+    env.write_config(&[rule().enabled(false)]);
+    let engine = open(&env).await;
+    let handle = engine.handle();
+    let mut snapshots = handle.snapshot();
+    let state = |s: &crr::engine::Snapshot, b: &str| {
+        s.buckets
+            .iter()
+            .find(|v| v.bucket == b)
+            .and_then(|v| v.versioning.clone())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = snapshots.borrow_and_update().clone();
+        if state(&s, "src-bucket").is_some() && state(&s, "dst-bucket").is_some() {
+            assert_eq!(state(&s, "src-bucket").as_deref(), Some(""), "never enabled");
+            assert_eq!(state(&s, "dst-bucket").as_deref(), Some("Enabled"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no versioning in the snapshot: {s:?}");
+        let _ = tokio::time::timeout(Duration::from_secs(1), snapshots.changed()).await;
+    }
+    let mut events = handle.events();
+    done(
+        &handle
+            .send(Command::EnableVersioning {
+                endpoint: "gz".into(),
+                bucket: "src-bucket".into(),
+            })
+            .await,
+    );
+    next_event(
+        &mut events,
+        Duration::from_secs(20),
+        |e| matches!(e, Event::Notice { message } if message.contains("versioning enabled on gz/src-bucket")),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while state(&snapshots.borrow_and_update(), "src-bucket").as_deref() != Some("Enabled") {
+        assert!(
+            Instant::now() < deadline,
+            "the snapshot never showed versioning enabled"
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), snapshots.changed()).await;
+    }
+}

@@ -3,7 +3,7 @@
 //! a fixed clock and fixed ids). Styles that carry meaning are asserted separately, since the
 //! snapshots hold only text.
 
-use crr::engine::api::{EndpointView, Failure, MigrationView, RuleView, RunningCopy};
+use crr::engine::api::{BucketView, EndpointView, Failure, MigrationView, RuleView, RunningCopy};
 use crr::engine::{Command, Event, MigrateAction, RetryTarget, Snapshot};
 use crr::tui::app::{App, Effect, Mode, Overlay};
 use crr::tui::keymap::{Action, Keymap};
@@ -36,6 +36,18 @@ fn rule(id: &str, enabled: bool) -> RuleView {
         replicated_objects: 120,
         replicated_bytes: 7 << 20,
         migration: None,
+    }
+}
+
+fn bucket(endpoint: &str, name: &str, versioning: Option<&str>, rule: &str) -> BucketView {
+    BucketView {
+        endpoint: endpoint.into(),
+        bucket: name.into(),
+        versioning: versioning.map(str::to_string),
+        error: versioning
+            .is_none()
+            .then(|| "GetBucketVersioning: connection refused".to_string()),
+        rules: vec![rule.into()],
     }
 }
 
@@ -98,6 +110,12 @@ fn snapshot() -> Snapshot {
             at: NOW - 10_000,
         }],
         throughput: vec![0, 1 << 20, 2 << 20, 2 << 20, 1 << 20],
+        buckets: vec![
+            bucket("gz", "photos", Some("Enabled"), "source of photos"),
+            bucket("sh", "photos-dr", Some("Enabled"), "destination of photos"),
+            bucket("gz", "logs", Some(""), "source of logs"),
+            bucket("sh", "logs-dr", None, "destination of logs"),
+        ],
     }
 }
 
@@ -449,4 +467,35 @@ fn the_filter_narrows_the_focused_pane_and_the_palette_runs_commands() {
     type_text(&mut a, "queue");
     a.on_action(Action::Submit);
     assert_eq!(a.pane, crr::tui::app::Pane::Queue);
+}
+
+#[test]
+fn versioning_is_enabled_from_the_buckets_pane_after_a_question() {
+    let mut a = app();
+    a.on_action(Action::BucketsPane);
+    // Rows: gz, gz/photos, gz/logs, sh, sh/photos-dr, sh/logs-dr.
+    a.on_action(Action::EnableVersioning);
+    assert!(a.overlay.is_none(), "an endpoint row has no versioning");
+    a.on_action(Action::Down);
+    a.on_action(Action::EnableVersioning);
+    assert!(a.overlay.is_none(), "gz/photos is versioned already");
+    a.on_action(Action::Down);
+    a.on_action(Action::EnableVersioning);
+    let Some(Overlay::Confirm { title, warning, .. }) = &a.overlay else {
+        panic!("no question")
+    };
+    assert!(title.contains("gz/logs"), "{title}");
+    assert!(warning.as_deref().is_some_and(|w| w.contains("never turn it off")));
+    assert_eq!(
+        a.on_action(Action::Yes),
+        vec![Effect::Send(Command::EnableVersioning {
+            endpoint: "gz".into(),
+            bucket: "logs".into()
+        })]
+    );
+    let screen = text(&render(&a, 80, 24));
+    assert!(
+        screen.contains("unversioned") && screen.contains("versioned"),
+        "{screen}"
+    );
 }

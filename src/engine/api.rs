@@ -70,6 +70,11 @@ pub enum Command {
         rule: Option<String>,
         bytes_per_sec: u64,
     },
+    /// Turns versioning on for a bucket (both buckets of a rule need it).
+    EnableVersioning {
+        endpoint: String,
+        bucket: String,
+    },
     /// Re-reads the config file (after it was edited by hand) and applies what changed.
     Reload,
     Shutdown,
@@ -230,6 +235,20 @@ pub struct Snapshot {
     pub recent_failures: Vec<Failure>,
     /// Bytes replicated in each of the last 60 seconds, oldest first.
     pub throughput: Vec<u64>,
+    /// The buckets the rules use, with their versioning state.
+    pub buckets: Vec<BucketView>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BucketView {
+    pub endpoint: String,
+    pub bucket: String,
+    /// "Enabled", "Suspended", "" (never enabled), or None when not known (yet).
+    pub versioning: Option<String>,
+    /// Why it is not known, when reading it failed.
+    pub error: Option<String>,
+    /// The rules that use it, with "source" or "destination".
+    pub rules: Vec<String>,
 }
 
 impl Snapshot {

@@ -83,6 +83,7 @@ impl Core {
                 let (tx, rx) = mpsc::channel(COMMAND_BACKLOG);
                 tokio::spawn(command_loop(Arc::downgrade(self), rx, self.closed.clone()));
                 tokio::spawn(sampler::run(Arc::downgrade(self), self.closed.clone()));
+                tokio::spawn(versioning_prober(Arc::downgrade(self), self.closed.clone()));
                 tx
             })
             .clone();
@@ -182,6 +183,26 @@ impl Core {
                 Reply::done(format!(
                     "bandwidth limit of {what}: {rate}, until the engine stops or the config is reloaded"
                 ))
+            }
+            Command::EnableVersioning { endpoint, bucket } => {
+                let clients = self.clients();
+                let Ok(s3) = clients.get(&endpoint).cloned() else {
+                    return Reply::refused(
+                        format!("there is no endpoint {endpoint:?} in {}", self.config().path.display()),
+                        "",
+                    );
+                };
+                let core = self.clone();
+                let answer = format!("enabling versioning on {endpoint}/{bucket}");
+                tokio::spawn(async move {
+                    let message = match s3.enable_versioning(&bucket).await {
+                        Ok(()) => format!("versioning enabled on {endpoint}/{bucket}"),
+                        Err(e) => format!("versioning could not be enabled on {endpoint}/{bucket}: {}", e.message),
+                    };
+                    core.emit(Event::Notice { message });
+                    core.probe.notify_one();
+                });
+                Reply::done(answer)
             }
             Command::Reload => match self.reload().await {
                 Ok(()) => {
@@ -465,6 +486,24 @@ impl Core {
                     "rule {id:?} has no migration to cancel (migration state: {state})"
                 )),
             },
+        }
+    }
+}
+
+/// Reads the rules' buckets' versioning at start, every minute, and when asked.
+async fn versioning_prober(core: std::sync::Weak<Core>, closed: tokio_util::sync::CancellationToken) {
+    loop {
+        let Some(c) = core.upgrade() else { return };
+        c.probe_versioning().await;
+        let wait = async {
+            tokio::select! {
+                _ = c.probe.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            }
+        };
+        tokio::select! {
+            _ = wait => {}
+            _ = closed.cancelled() => return,
         }
     }
 }

@@ -88,6 +88,9 @@ pub struct Core {
     events: broadcast::Sender<Event>,
     health: Health,
     failures: Mutex<VecDeque<Failure>>,
+    /// Versioning of the buckets the rules use, by (endpoint, bucket), probed now and then.
+    versioning: Mutex<HashMap<(String, String), Result<String, String>>>,
+    probe: Notify,
     /// Per rule: cancelled when the rule stops, to end its enabling and its scan.
     rule_tokens: Mutex<HashMap<String, CancellationToken>>,
     scan_failing: Mutex<HashSet<String>>,
@@ -161,6 +164,8 @@ impl Engine {
             events: broadcast::channel(EVENT_BACKLOG).0,
             health,
             failures: Mutex::new(VecDeque::new()),
+            versioning: Mutex::new(HashMap::new()),
+            probe: Notify::new(),
             rule_tokens: Mutex::new(HashMap::new()),
             scan_failing: Mutex::new(HashSet::new()),
             config: RwLock::new(Arc::new(config)),
@@ -525,6 +530,24 @@ impl Core {
             }
         }
         (queued, errors)
+    }
+
+    /// Reads the versioning state of every bucket the rules use, for the snapshot.
+    async fn probe_versioning(&self) {
+        let config = self.config();
+        let clients = self.clients();
+        let mut seen = HashSet::new();
+        for b in config.rules.iter().flat_map(|r| [&r.source, &r.destination]) {
+            if !seen.insert((b.endpoint.clone(), b.bucket.clone())) {
+                continue;
+            }
+            let state = match clients.get(&b.endpoint) {
+                Ok(s3) => s3.versioning(&b.bucket).await.map_err(|e| e.message),
+                Err(e) => Err(e.message),
+            };
+            lock(&self.versioning).insert((b.endpoint.clone(), b.bucket.clone()), state);
+        }
+        lock(&self.versioning).retain(|k, _| seen.contains(k));
     }
 
     fn record_failure(&self, task: &Task, reason: &str) {

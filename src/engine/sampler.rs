@@ -3,7 +3,7 @@
 //! also turns changes of state it notices (an endpoint lost or back, a migration finished) into
 //! events. Migration figures count the bytes of copies in flight and never go backwards.
 
-use super::api::{EndpointView, Event, MigrationView, RuleView, RunningCopy, Snapshot};
+use super::api::{BucketView, EndpointView, Event, MigrationView, RuleView, RunningCopy, Snapshot};
 use super::{Core, lock};
 use crate::config::{Config, Operations, Overwrite, Rule};
 use crate::store::{MigrationFigures, Store, blocking, now_ms};
@@ -157,7 +157,31 @@ impl Sampler {
             .map(|(a, b)| b.saturating_sub(*a))
             .collect();
 
+        let versioning = lock(&core.versioning).clone();
+        let mut buckets: Vec<BucketView> = Vec::new();
+        for r in &config.rules {
+            for (side, b) in [("source", &r.source), ("destination", &r.destination)] {
+                let use_ = format!("{side} of {}", r.id);
+                match buckets
+                    .iter_mut()
+                    .find(|v| v.endpoint == b.endpoint && v.bucket == b.bucket)
+                {
+                    Some(v) => v.rules.push(use_),
+                    None => {
+                        let state = versioning.get(&(b.endpoint.clone(), b.bucket.clone()));
+                        buckets.push(BucketView {
+                            endpoint: b.endpoint.clone(),
+                            bucket: b.bucket.clone(),
+                            versioning: state.and_then(|s| s.as_ref().ok().cloned()),
+                            error: state.and_then(|s| s.as_ref().err().cloned()),
+                            rules: vec![use_],
+                        });
+                    }
+                }
+            }
+        }
         let fresh = Snapshot {
+            buckets,
             rules,
             endpoints,
             recent_failures: lock(&core.failures).iter().cloned().collect(),

@@ -226,6 +226,23 @@ impl S3 {
             .map_err(|e| s3_error("HeadBucket", &format!("{}/{bucket}", self.endpoint), e))
     }
 
+    /// Turns versioning on for the bucket (S3 can suspend it later, never turn it off).
+    pub async fn enable_versioning(&self, bucket: &str) -> Result<(), S3Error> {
+        use aws_sdk_s3::types::VersioningConfiguration;
+        self.client
+            .put_bucket_versioning()
+            .bucket(bucket)
+            .versioning_configuration(
+                VersioningConfiguration::builder()
+                    .status(BucketVersioningStatus::Enabled)
+                    .build(),
+            )
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| s3_error("PutBucketVersioning", &format!("{}/{bucket}", self.endpoint), e))
+    }
+
     /// The bucket's versioning status: "Enabled", "Suspended", or "" when never enabled.
     pub async fn versioning(&self, bucket: &str) -> Result<String, S3Error> {
         let out = match self.client.get_bucket_versioning().bucket(bucket).send().await {

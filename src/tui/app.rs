@@ -105,6 +105,13 @@ pub enum Level {
     Info,
 }
 
+/// A row of the buckets pane: an endpoint, or one of its buckets (indexes into the snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BucketRow {
+    Endpoint(usize),
+    Bucket(usize),
+}
+
 /// A row of the queue pane.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QueueRow {
@@ -181,7 +188,7 @@ impl App {
     /// How many rows the focused pane has.
     pub fn rows(&self) -> usize {
         match self.pane {
-            Pane::Buckets => self.endpoint_rows().len(),
+            Pane::Buckets => self.bucket_rows().len(),
             Pane::Rules => self.rule_rows().len(),
             Pane::Queue => self.queue_rows().len(),
             Pane::Migration => self.migrations().len(),
@@ -199,12 +206,24 @@ impl App {
         f.is_empty() || texts.iter().any(|t| t.to_lowercase().contains(&f))
     }
 
-    /// The endpoints shown, as indexes into the snapshot's.
-    pub fn endpoint_rows(&self) -> Vec<usize> {
+    /// The buckets pane's rows: each endpoint, then the buckets the rules use on it.
+    pub fn bucket_rows(&self) -> Vec<BucketRow> {
         let s = &self.snapshot;
-        (0..s.endpoints.len())
-            .filter(|i| self.shows(Pane::Buckets, &[&s.endpoints[*i].name, &s.endpoints[*i].region]))
-            .collect()
+        let mut rows = Vec::new();
+        for (i, e) in s.endpoints.iter().enumerate() {
+            let buckets: Vec<usize> = (0..s.buckets.len())
+                .filter(|j| s.buckets[*j].endpoint == e.name)
+                .filter(|j| {
+                    let b = &s.buckets[*j];
+                    self.shows(Pane::Buckets, &[&e.name, &e.region, &b.bucket])
+                })
+                .collect();
+            if self.shows(Pane::Buckets, &[&e.name, &e.region]) || !buckets.is_empty() {
+                rows.push(BucketRow::Endpoint(i));
+                rows.extend(buckets.into_iter().map(BucketRow::Bucket));
+            }
+        }
+        rows
     }
 
     /// The rules shown, as indexes into the snapshot's.
@@ -439,12 +458,7 @@ impl App {
                 })
             }
             Action::Cancel => self.filters[self.pane.index()].clear(),
-            Action::EnableVersioning => {
-                self.status = Some((
-                    Level::Warn,
-                    format!("{action} is not in this build yet: edit the config file, then `crr rule enable|disable`"),
-                ));
-            }
+            Action::EnableVersioning => self.ask_versioning(),
             _ => {}
         }
         Vec::new()
@@ -649,6 +663,35 @@ impl App {
             _ => {}
         }
         Vec::new()
+    }
+
+    fn ask_versioning(&mut self) {
+        let Some(BucketRow::Bucket(i)) = self.bucket_rows().get(self.selected()).copied() else {
+            self.status = Some((Level::Warn, "select a bucket (under its endpoint) first".into()));
+            return;
+        };
+        let Some(b) = self.snapshot.buckets.get(i).cloned() else {
+            return;
+        };
+        if b.versioning.as_deref() == Some("Enabled") {
+            self.status = Some((
+                Level::Info,
+                format!("versioning is already enabled on {}/{}", b.endpoint, b.bucket),
+            ));
+            return;
+        }
+        self.overlay = Some(Overlay::Confirm {
+            title: format!("Enable versioning on {}/{}?", b.endpoint, b.bucket),
+            lines: vec![
+                "Replication needs versioning on both buckets of a rule.".into(),
+                "Every overwrite and delete then keeps the older version (storage is billed for it).".into(),
+            ],
+            warning: Some("S3 can suspend versioning later, but never turn it off again".into()),
+            yes: vec![Effect::Send(Command::EnableVersioning {
+                endpoint: b.endpoint.clone(),
+                bucket: b.bucket.clone(),
+            })],
+        });
     }
 
     fn ask_delete(&mut self) {

@@ -2,7 +2,7 @@
 //! key bar generated from the keymap, and overlays (help, confirmations). Only the rows that fit
 //! are built, so a long queue costs nothing off screen.
 
-use super::app::{App, Level, Mode, Overlay, Pane, QueueRow};
+use super::app::{App, BucketRow, Level, Mode, Overlay, Pane, QueueRow};
 use super::editor::{Editor, FIELDS};
 use super::keymap::{Action, Context, HelpEntry, Keymap};
 use super::theme::Theme;
@@ -155,36 +155,49 @@ fn empty(frame: &mut Frame, area: Rect, theme: &Theme, text: &str) {
 
 fn draw_buckets(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let s = &app.snapshot;
-    let shown = app.endpoint_rows();
+    let shown = app.bucket_rows();
     if s.endpoints.is_empty() {
         return empty(frame, area, theme, "No endpoints in the config.");
     }
-    let row = |i: usize| {
-        let e = &s.endpoints[shown[i]];
-        let (state, style) = match e.reachable {
-            Some(true) => ("reachable", theme.endpoint.reachable),
-            Some(false) => ("unreachable", theme.endpoint.unreachable),
-            None => ("not used yet", theme.endpoint.unknown),
-        };
-        // The buckets of this endpoint that rules use, with the rules touching each.
-        let mut buckets: Vec<String> = Vec::new();
-        for r in &s.rules {
-            for (side, b) in [("src", &r.source), ("dst", &r.destination)] {
-                if let Some(bucket) = b.strip_prefix(&format!("{}/", e.name)) {
-                    buckets.push(format!("{bucket} ({side} of {})", r.id));
-                }
-            }
+    let row = |i: usize| match shown[i] {
+        BucketRow::Endpoint(j) => {
+            let e = &s.endpoints[j];
+            let (state, style) = match e.reachable {
+                Some(true) => ("reachable", theme.endpoint.reachable),
+                Some(false) => ("unreachable", theme.endpoint.unreachable),
+                None => ("not used yet", theme.endpoint.unknown),
+            };
+            let detail = match (&e.last_error, e.reachable) {
+                (Some(err), Some(false)) => err.clone(),
+                _ => String::new(),
+            };
+            Row::new(vec![
+                Cell::from(e.name.clone()),
+                Cell::from(e.region.clone()),
+                Cell::from(Span::styled(state, style)),
+                Cell::from(detail),
+            ])
         }
-        let detail = match (&e.last_error, e.reachable) {
-            (Some(err), Some(false)) => err.clone(),
-            _ => buckets.join(", "),
-        };
-        Row::new(vec![
-            Cell::from(e.name.clone()),
-            Cell::from(e.region.clone()),
-            Cell::from(Span::styled(state, style)),
-            Cell::from(detail),
-        ])
+        BucketRow::Bucket(j) => {
+            let b = &s.buckets[j];
+            let (state, style) = match (b.versioning.as_deref(), &b.error) {
+                (Some("Enabled"), _) => ("versioned".to_string(), theme.endpoint.reachable),
+                (Some("Suspended"), _) => ("suspended".to_string(), theme.endpoint.unreachable),
+                (Some(_), _) => ("unversioned".to_string(), theme.endpoint.unreachable),
+                (None, Some(_)) => ("unknown".to_string(), theme.endpoint.unknown),
+                (None, None) => ("...".to_string(), theme.endpoint.unknown),
+            };
+            let detail = match &b.error {
+                Some(e) if b.versioning.is_none() => e.clone(),
+                _ => b.rules.join(", "),
+            };
+            Row::new(vec![
+                Cell::from(format!("  {}", b.bucket)),
+                Cell::from(""),
+                Cell::from(Span::styled(state, style)),
+                Cell::from(detail),
+            ])
+        }
     };
     draw_table(
         frame,
@@ -192,9 +205,9 @@ fn draw_buckets(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         app,
         theme,
         Columns(
-            vec!["ENDPOINT", "REGION", "STATE", "BUCKETS / LAST ERROR"],
+            vec!["ENDPOINT / BUCKET", "REGION", "STATE", "RULES / LAST ERROR"],
             vec![
-                Constraint::Length(10),
+                Constraint::Length(18),
                 Constraint::Length(14),
                 Constraint::Length(12),
                 Constraint::Min(10),
