@@ -736,3 +736,67 @@ async fn bucket_versioning_is_shown_and_enabled_through_the_handle() {
         let _ = tokio::time::timeout(Duration::from_secs(1), snapshots.changed()).await;
     }
 }
+
+/// The UI's logic driven by keys against the engine and two real servers: a copy fails while
+/// the destination is down, shows in the queue pane with its reason, and `r` on it retries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_retries_a_failed_task_with_r() {
+    use crr::tui::app::{App, Effect, Mode, QueueRow};
+    use crr::tui::keymap::Action;
+    let mut env = Env::start().await;
+    buckets(&env).await;
+    env.write_config(&[rule()]);
+    let engine = open(&env).await;
+    let handle = engine.handle();
+    engine.reconcile(None).await.expect("reconcile");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serving = {
+        let (e, stop) = (engine.clone(), stop.clone());
+        tokio::spawn(async move { e.serve(stop).await })
+    };
+    let sh_port = env.sh.port;
+    env.sh.stop();
+    put(&env.gz, "src-bucket", "unlucky.txt", "retry me").await;
+
+    let mut app = App::new(Mode::Embedded, crr::store::now_ms());
+    let mut snapshots = handle.snapshot();
+    let mut events = handle.events();
+    let mut pump = async |app: &mut App, until: &dyn Fn(&App) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            app.on_snapshot(snapshots.borrow_and_update().clone());
+            while let Ok(e) = events.try_recv() {
+                app.on_event(e);
+            }
+            if until(app) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the UI never got there: {:?}", app.snapshot);
+            let _ = tokio::time::timeout(Duration::from_millis(250), snapshots.changed()).await;
+        }
+    };
+    app.on_action(Action::QueuePane);
+    pump(&mut app, &|a: &App| !a.snapshot.recent_failures.is_empty()).await;
+    let failure = app.snapshot.recent_failures[0].clone();
+    assert_eq!(failure.key, "unlucky.txt");
+    assert!(!failure.reason.is_empty());
+    assert!(matches!(app.queue_rows().first(), Some(QueueRow::Failed(_))));
+
+    env.sh = common::Moto::start_on("sh", &env.sh.region.clone(), env.path(), sh_port).await;
+    create_bucket(&env.sh, "dst-bucket", true).await;
+    let effects = app.on_action(Action::Retry);
+    let [Effect::Send(command)] = effects.as_slice() else {
+        panic!("{effects:?}")
+    };
+    app.on_reply(handle.send(command.clone()).await);
+    pump(&mut app, &|a: &App| {
+        a.completed.iter().any(|c| c.key == "unlucky.txt") && a.snapshot.recent_failures.is_empty()
+    })
+    .await;
+    assert_eq!(
+        get_bytes(&env.sh, "dst-bucket", "unlucky.txt").await.as_deref(),
+        Some(&b"retry me"[..])
+    );
+    stop.cancel();
+    serving.await.expect("join").expect("serve");
+}

@@ -499,3 +499,44 @@ fn versioning_is_enabled_from_the_buckets_pane_after_a_question() {
         "{screen}"
     );
 }
+
+#[test]
+fn a_broken_theme_or_no_terminal_is_refused_with_exit_2() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("crr.toml");
+    std::fs::write(&config, CONFIG).expect("write");
+    let themes = dir.path().join("xdg").join("crr").join("themes");
+    std::fs::create_dir_all(&themes).expect("dir");
+    std::fs::write(themes.join("mine.toml"), "[table]\nselected = { fg = \"purplish\" }\n").expect("write");
+    let crr = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_crr"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--state")
+            .arg(dir.path().join("state"))
+            .args(args)
+            .env("XDG_CONFIG_HOME", dir.path().join("xdg"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run crr")
+    };
+    let out = crr(&["--theme", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope") && err.contains("default"), "{err}");
+    let out = crr(&["--theme", "mine"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mine.toml") && err.contains("selected") && err.contains(":2:"),
+        "{err}"
+    );
+    // Output is not a terminal here: the UI says what to use instead.
+    let out = crr(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("needs a terminal") && err.contains("crr run --once"),
+        "{err}"
+    );
+}

@@ -118,6 +118,8 @@ impl Core {
                     n.1 += done.bytes;
                 }
                 tracing::info!(rule = %rule.id, key = %task.key, version = %task.version_id, bytes = done.bytes, "replicated");
+                // A failure that a retry has since mended is no longer news.
+                lock(&self.failures).retain(|f| f.task_id != task.id);
                 let _ = self.events.send(Event::TaskDone {
                     task: task.id,
                     rule: rule.id.clone(),
