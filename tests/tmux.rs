@@ -188,3 +188,45 @@ async fn attached_to_serve_shows_its_migration_and_leaves_it_running() {
     assert_eq!(serve.try_exit_code(), None, "quitting the UI stopped the service");
     assert_eq!(serve.terminate(Duration::from_secs(30)).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_service_is_noticed_and_the_ui_can_take_over_then_sigterm_ends_it_cleanly() {
+    let env = world().await;
+    let mut serve = env.spawn_serve();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.state_dir.join("crr.sock").exists() {
+        assert!(Instant::now() < deadline, "serve never listened\n{}", serve.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ui = Tmux::start("takeover", env.path(), &crr_line(&env, ""));
+    let long = Duration::from_secs(60);
+    ui.wait_for("attached mode", long, |s| s.contains("attached to crr serve"))
+        .await;
+    assert_eq!(serve.terminate(Duration::from_secs(30)).await, 0);
+    ui.wait_for("the service gone", long, |s| s.contains("The service stopped"))
+        .await;
+    ui.keys(&["y"]);
+    ui.wait_for("the engine running in the UI", long, |s| {
+        s.contains("embedded") && rule_line(s).contains("enabled")
+    })
+    .await;
+
+    // SIGTERM to the UI (the shell's child): it stops the engine and gives the terminal back.
+    let shell = ui.flag("#{pane_pid}");
+    let children = Command::new("pgrep").args(["-P", &shell]).output().expect("pgrep -P");
+    let pid = String::from_utf8_lossy(&children.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
+        .expect("the crr process");
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    ui.wait_for("the shell again", long, |s| s.contains("crr exited 0"))
+        .await;
+    assert_eq!(ui.flag("#{alternate_on}"), "0", "the terminal is restored");
+}
