@@ -9,25 +9,14 @@ use common::{Env, Rule, create_bucket, get_bytes, key_versions, pseudo_random_by
 use crr::engine::{Command, Engine, EngineHandle, Event, MigrateAction, Reply, RetryTarget, RuleDraft};
 use crr::store::{NewChange, TaskKind};
 use proxy::SlowProxy;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 const MIB: usize = 1 << 20;
 
 fn credentials() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: set once, before this test binary's engines read the environment; every test
-        // sets the same values.
-        unsafe {
-            std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-            std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-            std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-            std::env::set_var("AWS_CONFIG_FILE", "/nonexistent/crr-test-aws-config");
-            std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/crr-test-aws-credentials");
-        }
-    });
+    common::engine_credentials();
 }
 
 fn rule() -> Rule {
@@ -41,11 +30,7 @@ async fn buckets(env: &Env) {
 }
 
 async fn open(env: &Env) -> Arc<Engine> {
-    let config = crr::config::load(&env.config_path).expect("config loads");
-    Engine::open(config, &env.state_dir)
-        .await
-        .expect("state opens")
-        .expect("no other engine holds the lock")
+    common::open_engine(env).await
 }
 
 /// The config of `rules`, with endpoint gz reached through `proxy`.

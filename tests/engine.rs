@@ -7,21 +7,10 @@ mod common;
 use common::{Env, Rule, create_bucket, get_bytes, pseudo_random_bytes, put};
 use crr::engine::Engine;
 use crr::store::now_ms;
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 
 fn credentials() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: set once, before this test binary's engines read the environment; every test
-        // sets the same values.
-        unsafe {
-            std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-            std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-            std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
-            std::env::set_var("AWS_CONFIG_FILE", "/nonexistent/crr-test-aws-config");
-            std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/crr-test-aws-credentials");
-        }
-    });
+    common::engine_credentials();
 }
 
 const MIB: usize = 1 << 20;
@@ -35,11 +24,7 @@ async fn setup(env: &Env, rules: &[Rule]) -> Arc<Engine> {
 }
 
 async fn open(env: &Env) -> Arc<Engine> {
-    let config = crr::config::load(&env.config_path).expect("config loads");
-    Engine::open(config, &env.state_dir)
-        .await
-        .expect("state opens")
-        .expect("no other engine holds the lock")
+    common::open_engine(env).await
 }
 
 async fn open_uploads(env: &Env) -> Vec<String> {

@@ -1508,3 +1508,33 @@ pub fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
 pub fn meta_map(items: &[(&str, &str)]) -> HashMap<String, String> {
     items.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// the engine as a library
+// ---------------------------------------------------------------------------------------------
+
+/// The credentials and AWS settings every engine opened in a test process reads.
+pub fn engine_credentials() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: set once, before this test binary's engines read the environment; every test
+        // sets the same values.
+        unsafe {
+            std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+            std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+            std::env::set_var("AWS_CONFIG_FILE", "/nonexistent/crr-test-aws-config");
+            std::env::set_var("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/crr-test-aws-credentials");
+        }
+    });
+}
+
+/// Opens the engine on the env's config and state, as a new process would.
+pub async fn open_engine(env: &Env) -> std::sync::Arc<crr::engine::Engine> {
+    engine_credentials();
+    let config = crr::config::load(&env.config_path).expect("config loads");
+    crr::engine::Engine::open(config, &env.state_dir)
+        .await
+        .expect("state opens")
+        .expect("no other engine holds the lock")
+}
