@@ -785,3 +785,51 @@ async fn the_ui_retries_a_failed_task_with_r() {
     stop.cancel();
     serving.await.expect("join").expect("serve");
 }
+
+/// The rule editor's live check against the real buckets: the preflight of `crr check`, on a
+/// draft that is not saved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draft_is_preflighted_against_the_real_buckets_without_saving() {
+    let env = Env::start().await;
+    buckets(&env).await;
+    let text = env.write_config(&[rule()]);
+    let engine = open(&env).await;
+    let handle = engine.handle();
+    let mut events = handle.events();
+    let draft = |destination: &str| RuleDraft {
+        id: "more".into(),
+        source: "gz/more-src".into(),
+        destination: destination.into(),
+        prefixes: vec![],
+        operations: "all".into(),
+        storage_class: None,
+        historical: false,
+        overwrite: "if-different".into(),
+        enabled: true,
+    };
+    create_bucket(&env.gz, "more-src", true).await;
+    create_bucket(&env.sh, "more-dst", true).await;
+    for (dest, ok) in [("sh/no-such-bucket", false), ("sh/more-dst", true)] {
+        let reply = handle
+            .send(Command::Preflight {
+                previous_id: None,
+                rule: draft(dest),
+            })
+            .await;
+        done(&reply);
+        let Event::PreflightChecked { problems, .. } = next_event(
+            &mut events,
+            Duration::from_secs(20),
+            |e| matches!(e, Event::PreflightChecked { draft, .. } if draft.destination == dest),
+        )
+        .await
+        else {
+            unreachable!()
+        };
+        assert_eq!(problems.is_empty(), ok, "{dest}: {problems:?}");
+        if !ok {
+            assert!(problems[0].contains("does not exist"), "{problems:?}");
+        }
+    }
+    assert_eq!(env.read_config_text(), text, "a preflight writes nothing");
+}

@@ -385,7 +385,16 @@ fn the_rule_editor_checks_as_it_goes_and_saves_through_the_engine() {
     insta::assert_snapshot!("editor_80x24", text(&render(&a, 80, 24)));
     clear_field(&mut a);
     type_text(&mut a, "sh/logs-dr");
-    a.on_action(Action::NextField);
+    // Moving on with a draft that loads asks the engine to check the real buckets.
+    let effects = a.on_action(Action::NextField);
+    let [Effect::Send(Command::Preflight { rule: draft, .. })] = effects.as_slice() else {
+        panic!("{effects:?}")
+    };
+    a.on_event(Event::PreflightChecked {
+        draft: draft.clone(),
+        problems: vec!["the destination bucket sh/logs-dr does not exist".into()],
+    });
+    assert!(text(&render(&a, 80, 24)).contains("preflight: the destination bucket sh/logs-dr does not exist"));
     type_text(&mut a, "app/, web/");
     let effects = a.on_action(Action::Submit);
     let [Effect::Send(Command::SaveRule { previous_id, rule })] = effects.as_slice() else {

@@ -53,6 +53,12 @@ pub enum Command {
         previous_id: Option<String>,
         rule: RuleDraft,
     },
+    /// Checks a draft against the real buckets (the preflight of `crr check`) without saving it;
+    /// the outcome is `PreflightChecked`.
+    Preflight {
+        previous_id: Option<String>,
+        rule: RuleDraft,
+    },
     /// Removes the rule from the config file and stops it.
     DeleteRule {
         id: String,
@@ -179,6 +185,11 @@ pub enum Event {
         state: String,
         message: String,
     },
+    /// The outcome of `Command::Preflight` for this draft: no problems means it may be enabled.
+    PreflightChecked {
+        draft: RuleDraft,
+        problems: Vec<String>,
+    },
     ScanFailed {
         rule: String,
         error: String,
@@ -214,6 +225,12 @@ impl Event {
             | Event::MigrationChanged { message, .. }
             | Event::Notice { message } => message.clone(),
             Event::RuleRefused { rule, reasons } => format!("rule {rule:?} was not enabled: {}", reasons.join("; ")),
+            Event::PreflightChecked { draft, problems } if problems.is_empty() => {
+                format!("rule {:?}: preflight passed", draft.id)
+            }
+            Event::PreflightChecked { draft, problems } => {
+                format!("rule {:?}: preflight: {}", draft.id, problems.join("; "))
+            }
             Event::ScanFailed { rule, error } => format!("{rule}: scan failed: {error}"),
             Event::ScanRecovered { rule } => format!("{rule}: scanning works again"),
             Event::EndpointUnreachable { endpoint, error } => {

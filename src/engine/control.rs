@@ -130,6 +130,32 @@ impl Core {
                     },
                 }
             }
+            Command::Preflight { previous_id, rule } => {
+                let path = self.config().path.clone();
+                let checked = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                    .and_then(|text| {
+                        config::with_rule_saved(&text, previous_id.as_deref(), &rule).map_err(|e| format!("{e:#}"))
+                    })
+                    .and_then(|text| config::parse(&path, &text).map_err(|e| e.to_string()));
+                let config = match checked {
+                    Ok(c) => c,
+                    Err(problem) => return Reply::refused(problem, "fix the draft first"),
+                };
+                let Some(parsed) = config.rule(&rule.id).cloned() else {
+                    return Reply::refused(format!("rule {:?} is not in the draft", rule.id), "");
+                };
+                let core = self.clone();
+                tokio::spawn(async move {
+                    let problems = preflight::check_rule(&core.clients(), &parsed)
+                        .await
+                        .into_iter()
+                        .map(|r| r.message)
+                        .collect();
+                    let _ = core.events.send(Event::PreflightChecked { draft: rule, problems });
+                });
+                Reply::done("checking the buckets")
+            }
             Command::Migrate { id, action } => match self.migrate_command(action, &id).await {
                 Ok(m) => Reply::done(m),
                 Err(m) => Reply::refused(m, ""),

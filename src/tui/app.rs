@@ -312,6 +312,9 @@ impl App {
             Event::ScanFailed { .. } => Level::Warn,
             _ => Level::Info,
         };
+        if let (Event::PreflightChecked { draft, problems }, Some(Overlay::Editor(e))) = (&event, &mut self.overlay) {
+            e.preflight = Some((draft.clone(), problems.clone()));
+        }
         if let Event::TaskDone { rule, key, size, .. } = &event {
             if self.completed.len() >= COMPLETED {
                 self.completed.pop_front();
@@ -643,8 +646,22 @@ impl App {
             return Vec::new();
         };
         match action {
-            Action::NextField => e.next(),
-            Action::PrevField => e.previous(),
+            Action::NextField | Action::PrevField => {
+                if action == Action::NextField {
+                    e.next();
+                } else {
+                    e.previous();
+                }
+                // Moving on from a field with a draft that loads: check the buckets, as `crr
+                // check` would.
+                e.check();
+                if e.problem.is_none() && e.preflight_now().is_none() {
+                    return vec![Effect::Send(Command::Preflight {
+                        previous_id: e.previous_id.clone(),
+                        rule: e.draft(),
+                    })];
+                }
+            }
             Action::Cancel => self.overlay = None,
             Action::ForceQuit => return vec![Effect::Quit],
             Action::Submit => {

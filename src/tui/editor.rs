@@ -33,6 +33,8 @@ pub struct Editor {
     pub problem: Option<String>,
     /// Buckets the config already uses, to choose from.
     pub known_buckets: Vec<String>,
+    /// What the engine's preflight said of a draft (the real buckets): None until it answered.
+    pub preflight: Option<(RuleDraft, Vec<String>)>,
 }
 
 impl Editor {
@@ -69,6 +71,7 @@ impl Editor {
             path: path.to_path_buf(),
             problem: None,
             known_buckets,
+            preflight: None,
         };
         e.check();
         e
@@ -128,6 +131,15 @@ impl Editor {
             Ok(_) => None,
             Err(errors) => errors.0.first().map(|e| e.message.clone()),
         }
+    }
+
+    /// The preflight's problems for the draft as it is now: None while unknown.
+    pub fn preflight_now(&self) -> Option<&[String]> {
+        let draft = self.draft();
+        self.preflight
+            .as_ref()
+            .filter(|(d, _)| *d == draft)
+            .map(|(_, p)| p.as_slice())
     }
 
     pub fn next(&mut self) {

@@ -635,9 +635,14 @@ fn draw_editor(frame: &mut Frame, area: Rect, theme: &Theme, e: &Editor) {
         y += 1;
     }
     if y < inner.bottom() {
-        let line = match &e.problem {
-            Some(p) => Span::styled(p.clone(), theme.overlay.danger),
-            None => Span::styled("Enter saves to the config file; Esc cancels", theme.overlay.confirm),
+        let line = match (&e.problem, e.preflight_now()) {
+            (Some(p), _) => Span::styled(p.clone(), theme.overlay.danger),
+            (None, Some([first, ..])) => Span::styled(format!("preflight: {first}"), theme.overlay.danger),
+            (None, Some([])) => Span::styled(
+                "preflight passed; Enter saves to the config file, Esc cancels",
+                theme.overlay.confirm,
+            ),
+            (None, None) => Span::styled("Enter saves to the config file; Esc cancels", theme.overlay.confirm),
         };
         frame.render_widget(Paragraph::new(line), Rect::new(inner.x, y, inner.width, 1));
     }
