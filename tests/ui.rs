@@ -549,3 +549,17 @@ fn a_broken_theme_or_no_terminal_is_refused_with_exit_2() {
         "{err}"
     );
 }
+
+#[test]
+fn the_help_overlay_scrolls_to_every_key_on_a_small_terminal() {
+    let mut a = app();
+    a.on_action(Action::Help);
+    let top = text(&render(&a, 80, 24));
+    assert!(top.contains("Keys 1-") && top.contains("next pane"), "{top}");
+    a.on_action(Action::Bottom);
+    let bottom = text(&render(&a, 80, 24));
+    assert!(bottom.contains("confirm") && bottom.contains("yes"), "{bottom}");
+    assert!(!bottom.contains("next pane"), "{bottom}");
+    a.on_action(Action::Cancel);
+    assert!(a.overlay.is_none());
+}

@@ -150,6 +150,8 @@ pub struct App {
     pub filters: [String; 5],
     /// Theme names the palette offers.
     pub themes: Vec<String>,
+    /// How far the help overlay is scrolled.
+    pub help_scroll: usize,
 }
 
 impl App {
@@ -168,6 +170,7 @@ impl App {
             config_path: None,
             filters: Default::default(),
             themes: Vec::new(),
+            help_scroll: 0,
         }
     }
 
@@ -396,10 +399,17 @@ impl App {
     pub fn on_action(&mut self, action: Action) -> Vec<Effect> {
         match &self.overlay {
             Some(Overlay::Help) => {
-                if matches!(action, Action::Help | Action::Cancel | Action::Quit) {
-                    self.overlay = None;
-                } else if action == Action::ForceQuit {
-                    return vec![Effect::Quit];
+                match action {
+                    Action::Help | Action::Cancel | Action::Quit => self.overlay = None,
+                    Action::ForceQuit => return vec![Effect::Quit],
+                    // The list is longer than a small terminal: it scrolls.
+                    Action::Down => self.help_scroll += 1,
+                    Action::Up => self.help_scroll = self.help_scroll.saturating_sub(1),
+                    Action::PageDown => self.help_scroll += 10,
+                    Action::PageUp => self.help_scroll = self.help_scroll.saturating_sub(10),
+                    Action::Top => self.help_scroll = 0,
+                    Action::Bottom => self.help_scroll = usize::MAX / 2,
+                    _ => {}
                 }
                 return Vec::new();
             }
@@ -438,7 +448,10 @@ impl App {
             Action::PageDown => self.select(row + 10),
             Action::Top => self.select(0),
             Action::Bottom => self.select(rows.saturating_sub(1)),
-            Action::Help => self.overlay = Some(Overlay::Help),
+            Action::Help => {
+                self.help_scroll = 0;
+                self.overlay = Some(Overlay::Help)
+            }
             Action::ForceQuit => return vec![Effect::Quit],
             Action::Quit => return self.ask_quit(),
             Action::ToggleRule => self.ask_toggle(),

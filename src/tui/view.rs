@@ -44,7 +44,7 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme, keymap: &Keymap) {
     }
     draw_keybar(frame, bar, app, theme, keymap);
     match &app.overlay {
-        Some(Overlay::Help) => draw_help(frame, body, theme, keymap),
+        Some(Overlay::Help) => draw_help(frame, body, theme, keymap, app.help_scroll),
         Some(Overlay::Confirm {
             title, lines, warning, ..
         }) => draw_confirm(frame, body, theme, title, lines, warning.as_deref()),
@@ -520,7 +520,7 @@ fn centred(area: Rect, w: u16, h: u16) -> Rect {
     Rect::new(area.x + (area.width - w) / 2, area.y + (area.height - h) / 2, w, h)
 }
 
-fn draw_help(frame: &mut Frame, area: Rect, theme: &Theme, keymap: &Keymap) {
+fn draw_help(frame: &mut Frame, area: Rect, theme: &Theme, keymap: &Keymap, scroll: usize) {
     let mut lines = Vec::new();
     for (context, entries) in keymap.help() {
         if matches!(context, Context::Input) {
@@ -538,12 +538,25 @@ fn draw_help(frame: &mut Frame, area: Rect, theme: &Theme, keymap: &Keymap) {
         }
     }
     let rect = centred(area, 64, area.height);
+    let visible = rect.height.saturating_sub(2) as usize;
+    let scroll = scroll.min(lines.len().saturating_sub(visible));
+    let more = lines.len() > visible;
+    let title = if more {
+        format!(
+            " Keys {}-{} of {} (j/k scroll, ? or Esc closes) ",
+            scroll + 1,
+            (scroll + visible).min(lines.len()),
+            lines.len()
+        )
+    } else {
+        " Keys (? or Esc closes) ".to_string()
+    };
     frame.render_widget(Clear, rect);
     frame.render_widget(
-        Paragraph::new(lines).block(
+        Paragraph::new(lines).scroll((scroll as u16, 0)).block(
             Block::bordered()
                 .border_style(theme.overlay.border)
-                .title(Span::styled(" Keys (? or Esc closes) ", theme.overlay.title)),
+                .title(Span::styled(title, theme.overlay.title)),
         ),
         rect,
     );
