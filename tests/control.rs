@@ -676,6 +676,7 @@ async fn bucket_versioning_is_shown_and_enabled_through_the_handle() {
     credentials();
     create_bucket(&env.gz, "src-bucket", false).await;
     create_bucket(&env.sh, "dst-bucket", true).await;
+    create_bucket(&env.sh, "no-rule-uses-it", true).await;
     env.write_config(&[rule().enabled(false)]);
     let engine = open(&env).await;
     let handle = engine.handle();
@@ -692,6 +693,12 @@ async fn bucket_versioning_is_shown_and_enabled_through_the_handle() {
         if state(&s, "src-bucket").is_some() && state(&s, "dst-bucket").is_some() {
             assert_eq!(state(&s, "src-bucket").as_deref(), Some(""), "never enabled");
             assert_eq!(state(&s, "dst-bucket").as_deref(), Some("Enabled"));
+            // Every bucket of an endpoint is listed, with the rules that use it (none here).
+            let other = s.buckets.iter().find(|b| b.bucket == "no-rule-uses-it");
+            let other = other.unwrap_or_else(|| panic!("the endpoint's other bucket is missing: {:?}", s.buckets));
+            assert_eq!((other.endpoint.as_str(), other.rules.len()), ("sh", 0));
+            let src = s.buckets.iter().find(|b| b.bucket == "src-bucket").expect("src");
+            assert_eq!(src.rules, vec!["source of r".to_string()]);
             break;
         }
         assert!(Instant::now() < deadline, "no versioning in the snapshot: {s:?}");

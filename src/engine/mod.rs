@@ -56,6 +56,8 @@ pub struct RunSummary {
     pub failed: Vec<Task>,
 }
 
+/// How many buckets of each endpoint the buckets pane lists.
+const LISTED_BUCKETS: usize = 200;
 /// How many recent failures the snapshot carries.
 const RECENT_FAILURES: usize = 50;
 /// How many events a slow subscriber may fall behind before it misses some.
@@ -533,19 +535,31 @@ impl Core {
     }
 
     /// Reads the versioning state of every bucket the rules use, for the snapshot.
+    /// Every endpoint's buckets (as many as `LISTED_BUCKETS`) and those the rules use.
     async fn probe_versioning(&self) {
         let config = self.config();
         let clients = self.clients();
-        let mut seen = HashSet::new();
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        for ep in &config.endpoints {
+            if let Ok(s3) = clients.get(&ep.name)
+                && let Ok(names) = s3.list_buckets(LISTED_BUCKETS).await
+            {
+                wanted.extend(names.into_iter().map(|b| (ep.name.clone(), b)));
+            }
+        }
         for b in config.rules.iter().flat_map(|r| [&r.source, &r.destination]) {
-            if !seen.insert((b.endpoint.clone(), b.bucket.clone())) {
+            wanted.push((b.endpoint.clone(), b.bucket.clone()));
+        }
+        let mut seen = HashSet::new();
+        for (endpoint, bucket) in wanted {
+            if !seen.insert((endpoint.clone(), bucket.clone())) {
                 continue;
             }
-            let state = match clients.get(&b.endpoint) {
-                Ok(s3) => s3.versioning(&b.bucket).await.map_err(|e| e.message),
+            let state = match clients.get(&endpoint) {
+                Ok(s3) => s3.versioning(&bucket).await.map_err(|e| e.message),
                 Err(e) => Err(e.message),
             };
-            lock(&self.versioning).insert((b.endpoint.clone(), b.bucket.clone()), state);
+            lock(&self.versioning).insert((endpoint, bucket), state);
         }
         lock(&self.versioning).retain(|k, _| seen.contains(k));
     }

@@ -180,6 +180,20 @@ impl Sampler {
                 }
             }
         }
+        // The endpoints' other buckets, which no rule uses (yet).
+        let mut others: Vec<BucketView> = versioning
+            .iter()
+            .filter(|((e, b), _)| !buckets.iter().any(|v| v.endpoint == *e && v.bucket == *b))
+            .map(|((e, b), state)| BucketView {
+                endpoint: e.clone(),
+                bucket: b.clone(),
+                versioning: state.as_ref().ok().cloned(),
+                error: state.as_ref().err().cloned(),
+                rules: Vec::new(),
+            })
+            .collect();
+        others.sort_by(|a, b| (&a.endpoint, &a.bucket).cmp(&(&b.endpoint, &b.bucket)));
+        buckets.extend(others);
         let fresh = Snapshot {
             buckets,
             rules,

@@ -226,6 +226,22 @@ impl S3 {
             .map_err(|e| s3_error("HeadBucket", &format!("{}/{bucket}", self.endpoint), e))
     }
 
+    /// The names of the buckets these credentials can list (at most `limit`).
+    pub async fn list_buckets(&self, limit: usize) -> Result<Vec<String>, S3Error> {
+        let out = self
+            .client
+            .list_buckets()
+            .send()
+            .await
+            .map_err(|e| s3_error("ListBuckets", &self.endpoint, e))?;
+        Ok(out
+            .buckets()
+            .iter()
+            .filter_map(|b| b.name().map(str::to_string))
+            .take(limit)
+            .collect())
+    }
+
     /// Turns versioning on for the bucket (S3 can suspend it later, never turn it off).
     pub async fn enable_versioning(&self, bucket: &str) -> Result<(), S3Error> {
         use aws_sdk_s3::types::VersioningConfiguration;

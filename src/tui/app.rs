@@ -520,6 +520,15 @@ impl App {
                 }
             }
         }
+        // Every bucket the endpoints list, versioned ones first: those a rule can use now.
+        let mut listed: Vec<&crate::engine::api::BucketView> = self.snapshot.buckets.iter().collect();
+        listed.sort_by_key(|b| b.versioning.as_deref() != Some("Enabled"));
+        for b in listed {
+            let name = format!("{}/{}", b.endpoint, b.bucket);
+            if !known.contains(&name) {
+                known.push(name);
+            }
+        }
         self.overlay = Some(Overlay::Editor(Box::new(Editor::new(rule.as_ref(), &path, known))));
     }
 

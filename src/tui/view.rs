@@ -189,6 +189,7 @@ fn draw_buckets(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
             };
             let detail = match &b.error {
                 Some(e) if b.versioning.is_none() => e.clone(),
+                _ if b.rules.is_empty() => "no rule".to_string(),
                 _ => b.rules.join(", "),
             };
             Row::new(vec![
