@@ -99,6 +99,17 @@ async fn world() -> Env {
     env
 }
 
+/// `crr serve` on the env, once it listens on its socket.
+async fn listening_serve(env: &Env) -> common::Serve {
+    let serve = env.spawn_serve();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.state_dir.join("crr.sock").exists() {
+        assert!(Instant::now() < deadline, "serve never listened\n{}", serve.output());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    serve
+}
+
 fn rule_line(screen: &str) -> String {
     screen
         .lines()
@@ -163,12 +174,7 @@ async fn embedded_toggle_migrate_and_quit_restores_the_terminal() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attached_to_serve_shows_its_migration_and_leaves_it_running() {
     let env = world().await;
-    let mut serve = env.spawn_serve();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !env.state_dir.join("crr.sock").exists() {
-        assert!(Instant::now() < deadline, "serve never listened\n{}", serve.output());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut serve = listening_serve(&env).await;
     let ui = Tmux::start("attached", env.path(), &crr_line(&env, ""));
     let long = Duration::from_secs(60);
     ui.wait_for("attached mode", long, |s| {
@@ -192,12 +198,7 @@ async fn attached_to_serve_shows_its_migration_and_leaves_it_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_service_is_noticed_and_the_ui_can_take_over_then_sigterm_ends_it_cleanly() {
     let env = world().await;
-    let mut serve = env.spawn_serve();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !env.state_dir.join("crr.sock").exists() {
-        assert!(Instant::now() < deadline, "serve never listened\n{}", serve.output());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut serve = listening_serve(&env).await;
     let ui = Tmux::start("takeover", env.path(), &crr_line(&env, ""));
     let long = Duration::from_secs(60);
     ui.wait_for("attached mode", long, |s| s.contains("attached to crr serve"))
