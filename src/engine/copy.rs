@@ -912,24 +912,7 @@ impl CopyCtx<'_> {
             Some(digest.clone()),
             Some(activity.clone()),
         );
-        let send = self
-            .dst
-            .client
-            .upload_part()
-            .bucket(&self.rule.destination.bucket)
-            .key(&task.key)
-            .upload_id(upload_id)
-            .part_number(n)
-            .content_length(len as i64)
-            .body(body)
-            .customize()
-            .config_override(streaming_request())
-            .disable_payload_signing()
-            .send();
-        let out = watch(send, &activity, self.engine.stall_timeout)
-            .await
-            .map_err(|stall| self.stalled(task, "UploadPart", stall))?
-            .map_err(|e| s3_error("UploadPart", &self.dst_target(&task.key), e))?;
+        let out = self.send_part(task, upload_id, n, len, None, body, &activity).await?;
         let md5 = take_md5(&digest);
         let etag = out.e_tag().unwrap_or_default().to_string();
         match etag_md5(
@@ -966,6 +949,39 @@ impl CopyCtx<'_> {
         }
     }
 
+    /// Sends one part (with its Content-MD5 when given), watched for stalls.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_part(
+        &self,
+        task: &Task,
+        upload_id: &str,
+        n: i32,
+        len: u64,
+        md5: Option<&[u8; 16]>,
+        body: ByteStream,
+        activity: &Activity,
+    ) -> Result<aws_sdk_s3::operation::upload_part::UploadPartOutput, CopyError> {
+        let send = self
+            .dst
+            .client
+            .upload_part()
+            .bucket(&self.rule.destination.bucket)
+            .key(&task.key)
+            .upload_id(upload_id)
+            .part_number(n)
+            .content_length(len as i64)
+            .set_content_md5(md5.map(|m| base64(m)))
+            .body(body)
+            .customize()
+            .config_override(streaming_request())
+            .disable_payload_signing()
+            .send();
+        watch(send, activity, self.engine.stall_timeout)
+            .await
+            .map_err(|stall| self.stalled(task, "UploadPart", stall))?
+            .map_err(|e| s3_error("UploadPart", &self.dst_target(&task.key), e).into())
+    }
+
     /// One part read into memory, then sent with its Content-MD5.
     async fn upload_part_buffered(
         &self,
@@ -988,25 +1004,9 @@ impl CopyCtx<'_> {
             None,
             Some(activity.clone()),
         );
-        let send = self
-            .dst
-            .client
-            .upload_part()
-            .bucket(&self.rule.destination.bucket)
-            .key(&task.key)
-            .upload_id(upload_id)
-            .part_number(n)
-            .content_length(len as i64)
-            .content_md5(base64(&md5))
-            .body(body)
-            .customize()
-            .config_override(streaming_request())
-            .disable_payload_signing()
-            .send();
-        let out = watch(send, &activity, self.engine.stall_timeout)
-            .await
-            .map_err(|stall| self.stalled(task, "UploadPart", stall))?
-            .map_err(|e| s3_error("UploadPart", &self.dst_target(&task.key), e))?;
+        let out = self
+            .send_part(task, upload_id, n, len, Some(&md5), body, &activity)
+            .await?;
         let etag = out.e_tag().unwrap_or_default().to_string();
         let opaque = opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm());
         if opaque {

@@ -28,23 +28,9 @@ impl Store {
             {
                 let mut seen =
                     tx.prepare_cached("INSERT OR IGNORE INTO seen (rule_id, key, version_id) VALUES (?1, ?2, ?3)")?;
-                let mut ins = tx.prepare_cached(
-                "INSERT INTO tasks (rule_id, generation, kind, key, version_id, size, etag, source_time, state, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9)",
-            )?;
                 for c in changes {
                     if seen.execute(params![rule_id, c.key, c.version_id])? == 1 && c.queue {
-                        ins.execute(params![
-                            rule_id,
-                            generation,
-                            c.kind.as_str(),
-                            c.key,
-                            c.version_id,
-                            c.size as i64,
-                            c.etag,
-                            c.source_time,
-                            now
-                        ])?;
+                        insert_task(&tx, rule_id, generation, c, now)?;
                         queued += 1;
                         queued_bytes += c.size as i64;
                     }
@@ -271,21 +257,7 @@ impl Store {
     /// Queues a version again (whether or not it was seen): it runs after every task queued so far.
     pub fn requeue_version(&self, rule_id: &str, generation: i64, c: &NewChange) -> Result<()> {
         blocking(|| {
-            self.db().execute(
-            "INSERT INTO tasks (rule_id, generation, kind, key, version_id, size, etag, source_time, state, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9)",
-            params![
-                rule_id,
-                generation,
-                c.kind.as_str(),
-                c.key,
-                c.version_id,
-                c.size as i64,
-                c.etag,
-                c.source_time,
-                now_ms()
-            ],
-        )?;
+            insert_task(&self.db(), rule_id, generation, c, now_ms())?;
             self.tallies().shift(
                 &(rule_id.to_string(), None),
                 None,
@@ -375,4 +347,24 @@ impl Store {
             )?)
         })
     }
+}
+
+/// A queued real-time task for the change `c`.
+fn insert_task(db: &rusqlite::Connection, rule_id: &str, generation: i64, c: &NewChange, now: i64) -> Result<()> {
+    db.prepare_cached(
+        "INSERT INTO tasks (rule_id, generation, kind, key, version_id, size, etag, source_time, state, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9)",
+    )?
+    .execute(params![
+        rule_id,
+        generation,
+        c.kind.as_str(),
+        c.key,
+        c.version_id,
+        c.size as i64,
+        c.etag,
+        c.source_time,
+        now
+    ])?;
+    Ok(())
 }
