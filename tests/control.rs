@@ -369,6 +369,7 @@ async fn a_migration_never_puts_an_older_version_over_a_newer_one() {
         size: 27,
         etag: String::new(),
         source_time: 0,
+        dest_absent: false,
     }];
     engine
         .store
@@ -406,6 +407,7 @@ async fn a_drained_key_ends_with_the_sources_latest_version() {
         size,
         etag: String::new(),
         source_time: 0,
+        dest_absent: false,
     };
     // Queued newest first, as a server with another listing order would have them.
     engine

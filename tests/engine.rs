@@ -318,6 +318,7 @@ async fn a_paused_migration_does_not_hold_back_the_last_sync_point() {
         size: 23,
         etag: String::new(),
         source_time: 0,
+        dest_absent: false,
     };
     let generation = engine.store.rule_state("big").expect("store").expect("rule").generation;
     engine

@@ -76,6 +76,23 @@ pub enum Overwrite {
     Never,
 }
 
+impl Overwrite {
+    /// The config's (and the state database's) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overwrite::Always => "always",
+            Overwrite::IfDifferent => "if-different",
+            Overwrite::Never => "never",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Overwrite> {
+        [Overwrite::Always, Overwrite::IfDifferent, Overwrite::Never]
+            .into_iter()
+            .find(|o| o.as_str() == text)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BucketRef {
     pub endpoint: String,
@@ -502,11 +519,10 @@ fn build_rule(spanned: &Spanned<RawRule>, loc: &Locator, errors: &mut Vec<Config
     };
     let overwrite = match r.overwrite.as_ref() {
         None => Overwrite::IfDifferent,
-        Some(s) => match s.get_ref().as_str() {
-            "always" => Overwrite::Always,
-            "if-different" => Overwrite::IfDifferent,
-            "never" => Overwrite::Never,
-            other => {
+        Some(s) => match Overwrite::parse(s.get_ref()) {
+            Some(o) => o,
+            None => {
+                let other = s.get_ref();
                 errors.push(loc.at(
                     s.span(),
                     format!(

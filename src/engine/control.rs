@@ -4,7 +4,7 @@
 
 use super::api::{Command, Event, MigrateAction, Reply, RetryTarget, Snapshot};
 use super::{Core, copy, lock, preflight, sampler};
-use crate::config::{self, Overwrite};
+use crate::config;
 use crate::store::blocking;
 use std::sync::Arc;
 use std::time::Duration;
@@ -430,11 +430,7 @@ impl Core {
                         "rule {id:?} is not enabled: enable it first (`crr rule enable {id}`), then start the migration"
                     ));
                 }
-                let overwrite = match rule.overwrite {
-                    Overwrite::Always => "always",
-                    Overwrite::IfDifferent => "if-different",
-                    Overwrite::Never => "never",
-                };
+                let overwrite = rule.overwrite.as_str();
                 match blocking(|| self.store.create_migration(id, overwrite)).map_err(err)? {
                     Err(_) => Err(format!(
                         "rule {id:?} already has a migration in progress ({state}): pause, resume or cancel it with `crr migrate pause|resume|cancel {id}`"

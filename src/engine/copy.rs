@@ -258,6 +258,12 @@ impl CopyCtx<'_> {
     /// to copy it. "if-different" treats as identical a destination object of the same size and
     /// ETag, or the replica crr itself wrote of this very version.
     pub async fn migration_skip(&self, task: &Task, overwrite: Overwrite) -> Result<Option<String>, CopyError> {
+        match overwrite {
+            Overwrite::Always => return Ok(None),
+            // The destination's listing beside the migration's did not hold the key.
+            Overwrite::IfDifferent if task.dest_absent => return Ok(None),
+            _ => {}
+        }
         let Some(head) = self.dest_latest(&task.key).await? else {
             return Ok(None);
         };
@@ -387,7 +393,13 @@ impl CopyCtx<'_> {
         }
     }
 
-    async fn tags(&self, task: &Task) -> Result<Vec<(String, String)>, CopyError> {
+    /// The source version's tags, given the tag count its GetObject or HeadObject answer
+    /// carried (see [`crate::s3::tag_count`]): asked for only when there may be some.
+    async fn tags(&self, task: &Task, count: Option<i32>) -> Result<Vec<(String, String)>, CopyError> {
+        let counts = &self.src.tag_counts;
+        if !counts.must_fetch(count) {
+            return Ok(Vec::new());
+        }
         let out = self
             .src
             .client
@@ -398,11 +410,19 @@ impl CopyCtx<'_> {
             .send()
             .await
             .map_err(|e| s3_error("GetObjectTagging", &self.src_target(task), e))?;
-        Ok(out
+        let tags: Vec<(String, String)> = out
             .tag_set()
             .iter()
             .map(|t| (t.key().to_string(), t.value().to_string()))
-            .collect())
+            .collect();
+        if count.is_none() && counts.fetched_without_count(tags.len()) {
+            tracing::warn!(
+                endpoint = %self.src.endpoint,
+                key = %task.key,
+                "this endpoint does not send x-amz-tagging-count for tagged objects: asking for the tags of every object from now on"
+            );
+        }
+        Ok(tags)
     }
 
     fn storage_class(&self, source: Option<&str>) -> Option<StorageClass> {
@@ -465,11 +485,7 @@ impl CopyCtx<'_> {
             metadata: got.metadata().cloned(),
             storage_class: got.storage_class().map(|s| s.as_str().to_string()),
         };
-        let tags = if got.tag_count() == Some(0) {
-            Vec::new()
-        } else {
-            self.tags(task).await?
-        };
+        let tags = self.tags(task, got.tag_count()).await?;
         let streamed = Arc::new(std::sync::Mutex::new(Md5::new()));
         let activity = Activity::new(size);
         let (body, md5) = match src_md5 {
@@ -668,7 +684,7 @@ impl CopyCtx<'_> {
             .map_err(|e| s3_error("HeadObject", &self.src_target(task), e))?;
         let size = head.content_length().unwrap_or(0).max(0) as u64;
         let headers = Headers::from_head(&head);
-        let tags = self.tags(task).await?;
+        let tags = self.tags(task, head.tag_count()).await?;
         // What the replica will carry; its ETag follows from the parts, recorded before the
         // upload is completed.
         self.store.record_replica(

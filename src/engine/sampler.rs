@@ -5,7 +5,7 @@
 
 use super::api::{BucketView, EndpointView, Event, MigrationView, RuleView, RunningCopy, Snapshot};
 use super::{Core, lock};
-use crate::config::{Config, Operations, Overwrite, Rule};
+use crate::config::{Config, Operations, Rule};
 use crate::store::{MigrationFigures, Store, blocking, now_ms};
 use anyhow::Result;
 use std::collections::{HashMap, VecDeque};
@@ -325,12 +325,7 @@ fn rule_view(
             prefixes: rule.prefixes.clone(),
             operations: ops(rule.operations).into(),
             storage_class: rule.storage_class.clone(),
-            overwrite: match rule.overwrite {
-                Overwrite::Always => "always",
-                Overwrite::IfDifferent => "if-different",
-                Overwrite::Never => "never",
-            }
-            .into(),
+            overwrite: rule.overwrite.as_str().into(),
             historical: rule.historical,
             enable_point: state.enable_point,
             last_sync_point: state.last_sync_point,

@@ -129,6 +129,7 @@ pub async fn scan(src: &S3, rule: &Rule, generation: i64, store: &Store) -> Resu
                 size: e.size,
                 etag: e.etag,
                 source_time: e.last_modified,
+                dest_absent: false,
             });
         }
         if batch.len() >= 500 {

@@ -52,11 +52,10 @@ impl Core {
             }
         };
         let overwrite = match task.migration_id {
-            Some(id) => self.store.migration(id)?.map(|m| match m.overwrite.as_str() {
-                "always" => Overwrite::Always,
-                "never" => Overwrite::Never,
-                _ => Overwrite::IfDifferent,
-            }),
+            Some(id) => self
+                .store
+                .migration(id)?
+                .map(|m| Overwrite::parse(&m.overwrite).unwrap_or(Overwrite::IfDifferent)),
             None => None,
         };
         let token = CancellationToken::new();
@@ -169,7 +168,10 @@ impl Core {
                 self.store.release(task.id)?;
             }
         }
-        self.store.update_sync_point(&rule.id)?;
+        if task.migration_id.is_none() {
+            // Only real-time changes move the last sync point.
+            self.store.update_sync_point(&rule.id)?;
+        }
         Ok(())
     }
 
@@ -375,6 +377,7 @@ impl Core {
                 size: 0,
                 etag: String::new(),
                 source_time: 0,
+                dest_absent: false,
             },
             _ => return,
         };
@@ -453,7 +456,11 @@ impl Core {
         let generation = self.store.rule_state(rule_id)?.map(|s| s.generation).unwrap_or(0);
         let clients = self.clients();
         let src = clients.get(&rule.source.endpoint)?;
-        let listed = migrate::list(src, rule, &self.store, generation, id, || self.work.notify_waiters()).await?;
+        let dst = clients.get(&rule.destination.endpoint)?;
+        let listed = migrate::list((src, dst), rule, &self.store, generation, id, || {
+            self.work.notify_waiters()
+        })
+        .await?;
         if matches!(listed, migrate::Listed::Done) {
             tracing::info!(rule = rule_id, migration = id, "migration listing complete");
         }
@@ -479,6 +486,7 @@ async fn head_latest(s3: &S3, bucket: &str, key: &str) -> Result<Latest, ()> {
             size: h.content_length().unwrap_or(0).max(0) as u64,
             etag: h.e_tag().unwrap_or_default().to_string(),
             source_time: h.last_modified().map(|t| t.secs()).unwrap_or(0),
+            dest_absent: false,
         })),
         Err(e) => match e.raw_response() {
             Some(r) if r.status().as_u16() == 404 => {

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 pub mod health;
+pub mod tag_count;
 
 /// One S3 error, reduced to what the engine decides on and what an operator reads.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -112,6 +113,9 @@ pub struct S3 {
     pub endpoint: String,
     pub region: String,
     pub client: Client,
+    /// Whether this endpoint's GetObject answers can be trusted to leave out the tag count
+    /// only for untagged objects; shared by every clone of the client.
+    pub tag_counts: std::sync::Arc<tag_count::TagCounts>,
 }
 
 /// Clients for every endpoint of the config, by endpoint name.
@@ -212,6 +216,7 @@ impl S3 {
             endpoint: ep.name.clone(),
             region: ep.region.clone(),
             client: Client::from_conf(builder.build()),
+            tag_counts: Default::default(),
         }
     }
 
@@ -284,6 +289,46 @@ impl S3 {
             Some(s) => s.as_str().to_string(),
             None => String::new(),
         })
+    }
+
+    /// One page of the keys of current objects (ListObjectsV2) under `prefix`: after
+    /// `start_after` on the first request, then from `token`. Returns the keys and the token
+    /// of the next page, if any.
+    pub async fn list_keys_page(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        start_after: Option<&str>,
+        token: Option<String>,
+    ) -> Result<(Vec<String>, Option<String>), S3Error> {
+        let mut req = self.client.list_objects_v2().bucket(bucket).max_keys(1000);
+        if !prefix.is_empty() {
+            req = req.prefix(prefix);
+        }
+        match token {
+            Some(t) => req = req.continuation_token(t),
+            None => req = req.set_start_after(start_after.map(str::to_string)),
+        }
+        let out = req
+            .send()
+            .await
+            .map_err(|e| s3_error("ListObjectsV2", &format!("{}/{bucket}", self.endpoint), e))?;
+        let keys = out
+            .contents()
+            .iter()
+            .filter_map(|o| o.key().map(str::to_string))
+            .collect();
+        let next = match (out.is_truncated().unwrap_or(false), out.next_continuation_token()) {
+            (true, Some(t)) => Some(t.to_string()),
+            (true, None) => {
+                return Err(S3Error::new(format!(
+                    "ListObjectsV2 {}/{bucket}: truncated listing without a continuation token",
+                    self.endpoint
+                )));
+            }
+            (false, _) => None,
+        };
+        Ok((keys, next))
     }
 
     /// One page of ListObjectVersions under `prefix`, from the given markers.

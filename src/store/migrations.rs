@@ -218,8 +218,8 @@ impl Store {
             {
                 let mut ins = tx.prepare_cached(
                     "INSERT INTO tasks (rule_id, generation, kind, key, version_id, size, etag, source_time, state,
-                                    migration_id, created_at, updated_at)
-                 VALUES (?1, ?2, 'put', ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?9, ?9)",
+                                    migration_id, dest_absent, created_at, updated_at)
+                 VALUES (?1, ?2, 'put', ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?10, ?9, ?9)",
                 )?;
                 for o in objects {
                     ins.execute(params![
@@ -231,7 +231,8 @@ impl Store {
                         o.etag,
                         o.source_time,
                         m.id,
-                        now
+                        now,
+                        o.dest_absent as i64
                     ])?;
                     bytes += o.size as i64;
                 }

@@ -63,9 +63,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     migration_id INTEGER,              -- set for tasks of a historical migration
     bytes_done INTEGER NOT NULL DEFAULT 0,  -- sampled from the running copy, for `crr queue`
     interrupted INTEGER NOT NULL DEFAULT 0, -- a run was cut off: its write may have landed
+    dest_absent INTEGER NOT NULL DEFAULT 0, -- migration: the destination's listing lacked the key
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );
+-- Also the queue in claim order (by rowid within a state): real-time tasks (migration_id
+-- NULL), then each migration's.
 CREATE INDEX IF NOT EXISTS tasks_by_migration ON tasks (migration_id, state);
 CREATE TABLE IF NOT EXISTS migrations (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -85,6 +88,9 @@ CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, id);
 CREATE INDEX IF NOT EXISTS tasks_by_key ON tasks (rule_id, key, id);
 CREATE INDEX IF NOT EXISTS tasks_by_rule ON tasks (rule_id, state, id);
 CREATE INDEX IF NOT EXISTS tasks_with_upload ON tasks (id) WHERE upload_id IS NOT NULL;
+-- Unfinished real-time tasks, for the last sync point.
+CREATE INDEX IF NOT EXISTS tasks_unsynced ON tasks (rule_id, generation, id)
+    WHERE migration_id IS NULL AND state IN ('queued', 'running', 'failed');
 CREATE TABLE IF NOT EXISTS seen_pruned (
     rule_id TEXT PRIMARY KEY,
     at INTEGER NOT NULL                -- unix ms of the scan that last pruned the seen set
@@ -103,6 +109,53 @@ CREATE TABLE IF NOT EXISTS scans (
     max_task_id INTEGER NOT NULL
 );
 "#;
+
+/// The layout of the database this crr writes (`PRAGMA user_version`). A database of a later
+/// layout belongs to a newer crr: it is refused, never changed.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Brings a database of an earlier layout (or a new, empty one) to [`SCHEMA_VERSION`].
+fn upgrade(conn: &Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        anyhow::bail!(
+            "it was written by a newer crr (state layout {version}; this crr knows layouts up to \
+             {SCHEMA_VERSION}): run that crr, or give this one another state directory; the \
+             database was left as it is"
+        );
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let has_tasks: bool = conn
+        .query_row(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tasks'",
+            [],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some();
+    let tx = conn.unchecked_transaction()?;
+    if has_tasks {
+        // Layout 1 (no version recorded): tasks had no `dest_absent`.
+        let has_column: bool = tx
+            .query_row(
+                "SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'dest_absent'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !has_column {
+            tx.execute_batch("ALTER TABLE tasks ADD COLUMN dest_absent INTEGER NOT NULL DEFAULT 0")?;
+        }
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(replica::SCHEMA)?;
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -151,6 +204,8 @@ pub struct Task {
     pub bytes_done: u64,
     /// An earlier run of this task was cut off (crash, shutdown): what it wrote may have landed.
     pub interrupted: bool,
+    /// See [`NewChange::dest_absent`].
+    pub dest_absent: bool,
 }
 
 /// A change found by a scan, to be queued.
@@ -165,6 +220,9 @@ pub struct NewChange {
     pub size: u64,
     pub etag: String,
     pub source_time: i64,
+    /// A migration's object that a listing of the destination did not hold: copied without
+    /// asking the destination first (under `overwrite = "if-different"`).
+    pub dest_absent: bool,
 }
 
 pub struct Store {
@@ -222,7 +280,7 @@ fn task_tally_key(tx: &rusqlite::Connection, id: i64) -> Result<Option<(TallyKey
 }
 
 const TASK_COLUMNS: &str = "id, rule_id, generation, kind, key, version_id, size, etag, state, attempts, last_error, \
-     upload_id, updated_at, migration_id, bytes_done, interrupted";
+     upload_id, updated_at, migration_id, bytes_done, interrupted, dest_absent";
 
 fn task_from_row(r: &rusqlite::Row) -> rusqlite::Result<Task> {
     let kind: String = r.get(3)?;
@@ -247,6 +305,7 @@ fn task_from_row(r: &rusqlite::Row) -> rusqlite::Result<Task> {
         migration_id: r.get(13)?,
         bytes_done: r.get::<_, i64>(14)? as u64,
         interrupted: r.get::<_, i64>(15)? != 0,
+        dest_absent: r.get::<_, i64>(16)? != 0,
     })
 }
 
@@ -298,12 +357,10 @@ impl Store {
         let path = dir.join("crr.db");
         let conn = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Before anything else changes the file: a newer crr's database is left as it is.
+        upgrade(&conn).with_context(|| format!("preparing {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)
-            .with_context(|| format!("preparing {}", path.display()))?;
-        conn.execute_batch(replica::SCHEMA)
-            .with_context(|| format!("preparing {}", path.display()))?;
         let store = Store {
             conn: Mutex::new(conn),
             tally: Mutex::new(Tallies::default()),
@@ -374,6 +431,7 @@ mod tests {
             size: 1,
             etag: String::new(),
             source_time: 0,
+            dest_absent: false,
         }
     }
 
@@ -437,6 +495,46 @@ mod tests {
         assert_eq!(s.replica_of("r", "b", "w1", g).unwrap(), Some(Some("d-w1".into())));
         assert_eq!(s.tally("r", None).done.objects, 2);
         assert_eq!(s.prune_tasks().unwrap(), 0);
+    }
+
+    #[test]
+    fn a_database_of_a_newer_crr_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let path = dir.path().join("crr.db");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        let before = std::fs::read(&path).unwrap();
+        let err = format!("{:#}", Store::open(dir.path()).err().expect("refused"));
+        assert!(err.contains("newer crr") && err.contains("crr.db"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), before, "the database was changed");
+    }
+
+    #[test]
+    fn a_database_of_the_first_layout_is_upgraded_with_its_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crr.db");
+        {
+            // The first layout: no recorded version, tasks without `dest_absent`.
+            let conn = Connection::open(&path).unwrap();
+            let first = SCHEMA.replace(
+                "    dest_absent INTEGER NOT NULL DEFAULT 0, -- migration: the destination's listing lacked the key\n",
+                "",
+            );
+            assert_ne!(first, SCHEMA);
+            conn.execute_batch(&first).unwrap();
+            conn.execute(
+                "INSERT INTO tasks (rule_id, generation, kind, key, version_id, size, etag, source_time, state,
+                 created_at, updated_at) VALUES ('r', 1, 'put', 'k', 'v', 1, '', 0, 'failed', 0, 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.tasks_in(&["failed"], 10).unwrap().len(), 1);
+        assert_eq!(s.tally("r", None).failed.objects, 1);
     }
 
     #[test]

@@ -234,22 +234,30 @@ impl Store {
         })
     }
 
-    /// Whether this version is in the rule's baseline: seen at the enable point, and never
-    /// queued for real-time replication.
-    pub fn is_baseline(&self, rule_id: &str, key: &str, version_id: &str) -> Result<bool> {
+    /// Which of these versions are in the rule's baseline: seen at the enable point, and never
+    /// queued for real-time replication. One lock and one prepared statement for a whole page.
+    pub fn baseline_of<'k>(
+        &self,
+        rule_id: &str,
+        versions: impl Iterator<Item = (&'k str, &'k str)>,
+    ) -> Result<Vec<bool>> {
         blocking(|| {
-            Ok(self
-                .db()
-                .query_row(
-                    "SELECT 1 FROM seen WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3
+            let db = self.db();
+            let generation: Option<i64> = db
+                .query_row("SELECT generation FROM rules WHERE rule_id = ?1", [rule_id], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let mut st = db.prepare_cached(
+                "SELECT 1 FROM seen WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3
                  AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.rule_id = ?1 AND t.key = ?2 AND t.version_id = ?3
-                                 AND t.migration_id IS NULL
-                                 AND t.generation = (SELECT generation FROM rules WHERE rule_id = ?1))",
-                    params![rule_id, key, version_id],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some())
+                                 AND t.migration_id IS NULL AND t.generation = ?4)",
+            )?;
+            let mut out = Vec::new();
+            for (key, version) in versions {
+                out.push(st.exists(params![rule_id, key, version, generation])?);
+            }
+            Ok(out)
         })
     }
 }

@@ -89,7 +89,7 @@ impl Store {
              WHERE s.rule_id = ?1 AND NOT EXISTS (
                 SELECT 1 FROM tasks t WHERE t.rule_id = s.rule_id AND t.generation = s.generation
                 AND t.id <= s.max_task_id
-                AND t.migration_id IS NULL AND t.state IN ('queued', 'running', 'failed'))",
+                AND migration_id IS NULL AND state IN ('queued', 'running', 'failed'))",
             [rule_id],
             |r| r.get(0),
         )?;

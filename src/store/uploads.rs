@@ -56,7 +56,11 @@ impl Store {
              FROM tasks WHERE upload_id IS NOT NULL AND state IN ('dropped', 'skipped', 'done', 'failed')"
             ))?;
             let rows = st.query_map([], |r| {
-                Ok((task_from_row(r)?, r.get::<_, Option<String>>(16)?.unwrap_or_default()))
+                Ok((
+                    task_from_row(r)?,
+                    r.get::<_, Option<String>>(TASK_COLUMNS.split(',').count())?
+                        .unwrap_or_default(),
+                ))
             })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
         })
