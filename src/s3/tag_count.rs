@@ -41,7 +41,7 @@ impl TagCounts {
                     return true;
                 }
                 let n = self.absent.fetch_add(1, Ordering::Relaxed);
-                !self.reports.load(Ordering::Relaxed) && (n < CALIBRATE || n % SAMPLE == 0)
+                !self.reports.load(Ordering::Relaxed) && (n < CALIBRATE || n.is_multiple_of(SAMPLE))
             }
         }
     }
