@@ -15,7 +15,7 @@ use crate::config::Overwrite;
 use crate::config::{EngineConfig, Rule};
 use crate::engine::limit::Limiter;
 use crate::engine::progress::{Activity, Metered, Progress, Stalled, TaskProgress, read_all, watch};
-use crate::s3::{S3, S3Error, s3_error, streaming_request};
+use crate::s3::{S3, S3Error, s3_error};
 use crate::store::replica::Replica;
 use crate::store::{Store, Task, TaskKind};
 use aws_sdk_s3::operation::head_object::HeadObjectOutput;
@@ -518,7 +518,7 @@ impl CopyCtx<'_> {
         };
         let mut put = self
             .dst
-            .client
+            .streaming
             .put_object()
             .bucket(&self.rule.destination.bucket)
             .key(&task.key)
@@ -534,7 +534,6 @@ impl CopyCtx<'_> {
             .set_storage_class(self.storage_class(headers.storage_class.as_deref()))
             .set_tagging(encode_tags(&tags))
             .customize()
-            .config_override(streaming_request())
             // The body is a one-pass stream; hashing it for the signature would need it twice.
             .disable_payload_signing();
         if let Some(expires) = headers.expires.clone() {
@@ -979,7 +978,7 @@ impl CopyCtx<'_> {
     ) -> Result<aws_sdk_s3::operation::upload_part::UploadPartOutput, CopyError> {
         let send = self
             .dst
-            .client
+            .streaming
             .upload_part()
             .bucket(&self.rule.destination.bucket)
             .key(&task.key)
@@ -989,7 +988,6 @@ impl CopyCtx<'_> {
             .set_content_md5(md5.map(|m| base64(m)))
             .body(body)
             .customize()
-            .config_override(streaming_request())
             .disable_payload_signing()
             .send();
         watch(send, activity, self.engine.stall_timeout)

@@ -113,6 +113,12 @@ pub struct S3 {
     pub endpoint: String,
     pub region: String,
     pub client: Client,
+    /// The same client for requests whose body crr streams (PutObject, UploadPart): without a
+    /// read timeout, which would run from the start of the request to the first byte of the
+    /// answer and so span the whole upload, failing any that is slow but moving; the caller
+    /// watches such a request for stalls instead (`engine::progress::watch`). A second client rather than a per-request
+    /// override, which the SDK would merge into its settings on every request.
+    pub streaming: Client,
     /// Whether this endpoint's GetObject answers can be trusted to leave out the tag count
     /// only for untagged objects; shared by every clone of the client.
     pub tag_counts: std::sync::Arc<tag_count::TagCounts>,
@@ -149,21 +155,8 @@ impl Clients {
 /// A dead endpoint must fail fast and be retried by the engine, not hang a worker.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// From the start of a request to the first byte of its answer. Requests with a body to stream
-/// (PutObject, UploadPart) go without it: see [`streaming_request`].
+/// (PutObject, UploadPart) go without it: see [`S3::streaming`].
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The settings for a request whose body crr streams (PutObject, UploadPart): no read timeout,
-/// which would run from the start of the request to the first byte of the answer and so span
-/// the whole upload, failing any that is slow but moving. The caller watches such a request
-/// for stalls instead (`engine::progress::watch`).
-pub fn streaming_request() -> aws_sdk_s3::config::Builder {
-    aws_sdk_s3::config::Builder::default().timeout_config(
-        TimeoutConfig::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .disable_read_timeout()
-            .build(),
-    )
-}
 
 impl S3 {
     /// A client with the default stall window.
@@ -212,10 +205,21 @@ impl S3 {
         if let Some(h) = health {
             builder = builder.interceptor(h.observer(&ep.name));
         }
+        let config = builder.build();
+        let streaming = config
+            .to_builder()
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .disable_read_timeout()
+                    .build(),
+            )
+            .build();
         S3 {
             endpoint: ep.name.clone(),
             region: ep.region.clone(),
-            client: Client::from_conf(builder.build()),
+            client: Client::from_conf(config),
+            streaming: Client::from_conf(streaming),
             tag_counts: Default::default(),
         }
     }

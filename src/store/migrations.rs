@@ -123,7 +123,7 @@ impl Store {
                 return Ok(Err(m));
             }
             let db = self.db();
-            db.execute(
+            db.exec(
                 "INSERT INTO migrations (rule_id, control, started_at, overwrite) VALUES (?1, 'run', ?2, ?3)",
                 params![rule_id, now_ms(), overwrite],
             )?;
@@ -135,7 +135,7 @@ impl Store {
         blocking(|| {
             Ok(self
                 .db()
-                .query_row(
+                .row(
                     &format!("SELECT {MIGRATION_COLUMNS} FROM migrations WHERE rule_id = ?1 ORDER BY id DESC LIMIT 1"),
                     [rule_id],
                     migration_from_row,
@@ -160,7 +160,7 @@ impl Store {
         blocking(|| {
             Ok(self
                 .db()
-                .query_row(
+                .row(
                     &format!("SELECT {MIGRATION_COLUMNS} FROM migrations WHERE id = ?1"),
                     [id],
                     migration_from_row,
@@ -172,7 +172,7 @@ impl Store {
     pub fn set_migration_control(&self, id: i64, control: &str) -> Result<()> {
         blocking(|| {
             self.db()
-                .execute("UPDATE migrations SET control = ?2 WHERE id = ?1", params![id, control])?;
+                .exec("UPDATE migrations SET control = ?2 WHERE id = ?1", params![id, control])?;
             Ok(())
         })
     }
@@ -184,7 +184,7 @@ impl Store {
             let mut db = self.db();
             let tx = db.transaction()?;
             let (uploads, moved) = drop_unfinished(&tx, "migration_id", &id, "migration cancelled")?;
-            tx.execute(
+            tx.exec(
                 "UPDATE migrations SET control = 'cancel', finished_at = ?2 WHERE id = ?1",
                 params![id, now_ms()],
             )?;
@@ -209,7 +209,7 @@ impl Store {
             let tx = db.transaction()?;
             // A page listed while the migration was being paused or cancelled is not queued; a
             // resumed listing fetches it again from the saved position.
-            let control: String = tx.query_row("SELECT control FROM migrations WHERE id = ?1", [m.id], |r| r.get(0))?;
+            let control: String = tx.row("SELECT control FROM migrations WHERE id = ?1", [m.id], |r| r.get(0))?;
             if control != "run" || !is_current(&tx, &m.rule_id, generation)? {
                 return Ok(());
             }
@@ -239,7 +239,7 @@ impl Store {
             }
             let (prefix_index, marker) = position;
             let (key, version) = marker.map(|(k, v)| (Some(k), Some(v))).unwrap_or((None, None));
-            tx.execute(
+            tx.exec(
                 "UPDATE migrations SET total_objects = total_objects + ?2, total_bytes = total_bytes + ?3,
                     prefix_index = ?4, key_marker = ?5, version_marker = ?6, listing_done = ?7
              WHERE id = ?1",
@@ -289,7 +289,7 @@ impl Store {
     pub fn migration_figures(&self, m: &Migration) -> Result<MigrationFigures> {
         blocking(|| {
             let since = now_ms() - 60_000;
-            let mut f = self.db().query_row(
+            let mut f = self.db().row(
                 "SELECT COALESCE(SUM(state = 'done'), 0), COALESCE(SUM(CASE WHEN state = 'done' THEN size END), 0),
                     COALESCE(SUM(state = 'skipped'), 0), COALESCE(SUM(CASE WHEN state = 'skipped' THEN size END), 0),
                     COALESCE(SUM(state = 'failed'), 0), COALESCE(SUM(state IN ('queued', 'running')), 0),
@@ -323,7 +323,7 @@ impl Store {
         blocking(|| {
             Ok(self
                 .db()
-                .query_row(
+                .row(
                     "SELECT 1 FROM tasks WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3 AND dest_version_id = ?4
                  AND state = 'done' LIMIT 1",
                     params![rule_id, key, version, dest_version],

@@ -116,7 +116,7 @@ pub const SCHEMA_VERSION: i64 = 2;
 
 /// Brings a database of an earlier layout (or a new, empty one) to [`SCHEMA_VERSION`].
 fn upgrade(conn: &Connection) -> Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version: i64 = conn.row("PRAGMA user_version", [], |r| r.get(0))?;
     if version > SCHEMA_VERSION {
         anyhow::bail!(
             "it was written by a newer crr (state layout {version}; this crr knows layouts up to \
@@ -128,7 +128,7 @@ fn upgrade(conn: &Connection) -> Result<()> {
         return Ok(());
     }
     let has_tasks: bool = conn
-        .query_row(
+        .row(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tasks'",
             [],
             |_| Ok(()),
@@ -139,7 +139,7 @@ fn upgrade(conn: &Connection) -> Result<()> {
     if has_tasks {
         // Layout 1 (no version recorded): tasks had no `dest_absent`.
         let has_column: bool = tx
-            .query_row(
+            .row(
                 "SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'dest_absent'",
                 [],
                 |_| Ok(()),
@@ -241,6 +241,31 @@ pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Statements run through the connection's cache of prepared statements: the store runs the
+/// same few statements for every task, and parsing them again each time cost more than running
+/// them.
+pub(crate) trait Cached {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn row<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
 /// Counts moved by one statement: (whose tasks, from which state, how many, their bytes).
 type Moved = Vec<(TallyKey, State, i64, i64)>;
 
@@ -271,7 +296,7 @@ fn count_where(tx: &rusqlite::Transaction, filter: &str, value: &dyn rusqlite::T
 /// Whose tally a task is in, and its size.
 fn task_tally_key(tx: &rusqlite::Connection, id: i64) -> Result<Option<(TallyKey, i64)>> {
     Ok(tx
-        .query_row(
+        .row(
             "SELECT rule_id, migration_id, size FROM tasks WHERE id = ?1",
             [id],
             |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)),
@@ -313,7 +338,7 @@ fn task_from_row(r: &rusqlite::Row) -> rusqlite::Result<Task> {
 /// lister that began earlier checks, in the same transaction, before committing what it found.
 fn is_current(tx: &rusqlite::Transaction, rule_id: &str, generation: i64) -> Result<bool> {
     Ok(tx
-        .query_row(
+        .row(
             "SELECT 1 FROM rules WHERE rule_id = ?1 AND generation = ?2 AND state IN ('enabled', 'enabling')",
             params![rule_id, generation],
             |_| Ok(()),
@@ -339,11 +364,11 @@ fn drop_unfinished(
         st.query_map([value], task_from_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?
     };
-    tx.execute(
+    tx.exec(
         &format!("DELETE FROM parts WHERE task_id IN (SELECT id FROM tasks WHERE {unfinished})"),
         [value],
     )?;
-    tx.execute(
+    tx.exec(
         &format!("UPDATE tasks SET state = 'dropped', last_error = ?2, updated_at = ?3 WHERE {unfinished}"),
         params![value, reason, now_ms()],
     )?;
@@ -357,6 +382,7 @@ impl Store {
         let path = dir.join("crr.db");
         let conn = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(128);
         // Before anything else changes the file: a newer crr's database is left as it is.
         upgrade(&conn).with_context(|| format!("preparing {}", path.display()))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -525,7 +551,7 @@ mod tests {
             );
             assert_ne!(first, SCHEMA);
             conn.execute_batch(&first).unwrap();
-            conn.execute(
+            conn.exec(
                 "INSERT INTO tasks (rule_id, generation, kind, key, version_id, size, etag, source_time, state,
                  created_at, updated_at) VALUES ('r', 1, 'put', 'k', 'v', 1, '', 0, 'failed', 0, 0)",
                 [],

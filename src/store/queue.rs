@@ -80,7 +80,7 @@ impl Store {
                 }
             }
             if let Some(t) = &task {
-                tx.execute(
+                tx.exec(
                     "UPDATE tasks SET state = 'running', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
                     params![t.id, now],
                 )?;
@@ -107,7 +107,7 @@ impl Store {
     /// marked interrupted: their write may have landed, so the next run checks before copying.
     pub fn requeue_running(&self) -> Result<usize> {
         blocking(|| {
-            let n = self.db().execute(
+            let n = self.db().exec(
                 "UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), interrupted = 1, updated_at = ?1
              WHERE state = 'running'",
                 [now_ms()],
@@ -136,7 +136,7 @@ impl Store {
     fn move_running(&self, id: i64, to: State, sql: &str, params: impl rusqlite::Params) -> Result<()> {
         let db = self.db();
         let key = task_tally_key(&db, id)?;
-        if db.execute(sql, params)? == 1 {
+        if db.exec(sql, params)? == 1 {
             self.shift_task(key, State::Running, to);
         }
         Ok(())
@@ -146,19 +146,19 @@ impl Store {
         blocking(|| {
             let mut db = self.db();
             let tx = db.transaction()?;
-            let n = tx.execute(
+            let n = tx.exec(
                 "UPDATE tasks SET state = 'done', dest_version_id = ?2, last_error = NULL, updated_at = ?3
              WHERE id = ?1 AND state = 'running'",
                 params![task.id, dest_version, now_ms()],
             )?;
             if n == 1 {
-                tx.execute(
+                tx.exec(
                 "UPDATE rules SET replicated_objects = replicated_objects + 1, replicated_bytes = replicated_bytes + ?2
                  WHERE rule_id = ?1",
                 params![task.rule_id, bytes as i64],
             )?;
             }
-            tx.execute("DELETE FROM parts WHERE task_id = ?1", [task.id])?;
+            tx.exec("DELETE FROM parts WHERE task_id = ?1", [task.id])?;
             tx.commit()?;
             if n == 1 {
                 self.shift_task(
@@ -212,7 +212,7 @@ impl Store {
         blocking(|| {
             Ok(self
             .db()
-            .query_row(
+            .row(
                 "SELECT 1 FROM tasks WHERE rule_id = ?1 AND key = ?2 AND (
                     (id > ?3 AND state = 'done')
                     -- A migration copies what existed at the enable point: any real-time change of
@@ -230,7 +230,7 @@ impl Store {
     /// Of a key's tasks in this generation: how many are unfinished, and how many are not dropped.
     pub fn key_tasks(&self, rule_id: &str, key: &str, generation: i64) -> Result<(i64, i64)> {
         blocking(|| {
-            Ok(self.db().query_row(
+            Ok(self.db().row(
                 "SELECT COALESCE(SUM(state IN ('queued', 'running')), 0), COALESCE(SUM(state != 'dropped'), 0)
              FROM tasks WHERE rule_id = ?1 AND key = ?2 AND generation = ?3",
                 params![rule_id, key, generation],
@@ -251,7 +251,7 @@ impl Store {
         blocking(|| {
             Ok(self
                 .db()
-                .query_row(
+                .row(
                     "SELECT dest_version_id FROM tasks WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3
                  AND generation = ?4 AND state = 'done' ORDER BY id DESC LIMIT 1",
                     params![rule_id, key, version, generation],
@@ -287,7 +287,7 @@ impl Store {
             let mut requeue = |filter: &str, value: &dyn rusqlite::ToSql| -> Result<()> {
                 let filter = format!("{filter} AND state = 'failed'");
                 moved.extend(count_where(&tx, &filter, value)?);
-                n += tx.execute(
+                n += tx.exec(
                 &format!("UPDATE tasks SET state = 'queued', attempts = 0, not_before = 0, updated_at = {now} WHERE {filter}"),
                 [value],
             )?;
@@ -324,7 +324,7 @@ impl Store {
     /// How many tasks are queued or running (optionally only those due by `now`).
     pub fn unfinished(&self) -> Result<i64> {
         blocking(|| {
-            Ok(self.db().query_row(
+            Ok(self.db().row(
                 "SELECT COUNT(*) FROM tasks t WHERE state IN ('queued', 'running')
              AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled'
                          AND r.generation = t.generation)
@@ -338,7 +338,7 @@ impl Store {
 
     pub fn backlog(&self, rule_id: &str) -> Result<Backlog> {
         blocking(|| {
-            Ok(self.db().query_row(
+            Ok(self.db().row(
                 "SELECT COALESCE(SUM(state IN ('queued', 'running')), 0),
                     COALESCE(SUM(CASE WHEN state IN ('queued', 'running') THEN size ELSE 0 END), 0),
                     COALESCE(SUM(state = 'failed'), 0)

@@ -31,7 +31,7 @@ impl Store {
         blocking(|| {
             Ok(self
                 .db()
-                .query_row(
+                .row(
                     "SELECT rule_id, state, generation, scope, enable_point, disabled_at, last_sync_point,
                         replicated_objects, replicated_bytes, destination FROM rules WHERE rule_id = ?1",
                     [id],
@@ -68,15 +68,15 @@ impl Store {
         blocking(|| {
             let mut db = self.db();
             let tx = db.transaction()?;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO rules (rule_id, state, generation, scope, destination) VALUES (?1, 'enabling', 1, ?2, ?3)
              ON CONFLICT (rule_id) DO UPDATE SET state = 'enabling', generation = generation + 1, scope = ?2,
              destination = ?3",
                 params![id, scope, destination],
             )?;
-            tx.execute("DELETE FROM seen WHERE rule_id = ?1", [id])?;
-            tx.execute("DELETE FROM scans WHERE rule_id = ?1", [id])?;
-            let generation = tx.query_row("SELECT generation FROM rules WHERE rule_id = ?1", [id], |r| r.get(0))?;
+            tx.exec("DELETE FROM seen WHERE rule_id = ?1", [id])?;
+            tx.exec("DELETE FROM scans WHERE rule_id = ?1", [id])?;
+            let generation = tx.row("SELECT generation FROM rules WHERE rule_id = ?1", [id], |r| r.get(0))?;
             tx.commit()?;
             Ok(generation)
         })
@@ -105,7 +105,7 @@ impl Store {
     /// Marks the rule enabled at `enable_point`, unless it changed since `generation` began.
     pub fn finish_enable(&self, id: &str, generation: i64, enable_point: i64) -> Result<bool> {
         blocking(|| {
-            Ok(self.db().execute(
+            Ok(self.db().exec(
                 "UPDATE rules SET state = 'enabled', enable_point = ?3, last_sync_point = ?3, disabled_at = NULL
              WHERE rule_id = ?1 AND generation = ?2 AND state = 'enabling'",
                 params![id, generation, enable_point],
@@ -122,14 +122,14 @@ impl Store {
             let now = now_ms();
             // Unfinished migrations are cancelled (judged before their tasks are dropped); a
             // completed one stays completed.
-            tx.execute(
+            tx.exec(
                 "UPDATE migrations SET control = 'cancel', finished_at = ?2 WHERE rule_id = ?1 AND control != 'cancel'
              AND (listing_done = 0 OR EXISTS (SELECT 1 FROM tasks t
                  WHERE t.migration_id = migrations.id AND t.state IN ('queued', 'running', 'failed')))",
                 params![id, now],
             )?;
             let (uploads, moved) = drop_unfinished(&tx, "rule_id", &id, "rule disabled")?;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO rules (rule_id, state, disabled_at) VALUES (?1, ?2, ?3)
              ON CONFLICT (rule_id) DO UPDATE SET state = ?2, disabled_at = ?3",
                 params![id, new_state, now],
@@ -148,7 +148,7 @@ impl Store {
         blocking(|| {
             Ok(self
                 .db()
-                .query_row("SELECT at FROM seen_pruned WHERE rule_id = ?1", [rule_id], |r| r.get(0))
+                .row("SELECT at FROM seen_pruned WHERE rule_id = ?1", [rule_id], |r| r.get(0))
                 .optional()?)
         })
     }
@@ -161,7 +161,7 @@ impl Store {
                 "CREATE TEMP TABLE IF NOT EXISTS listed (rule_id TEXT NOT NULL, key TEXT NOT NULL,
                  version_id TEXT NOT NULL, PRIMARY KEY (rule_id, key, version_id)) WITHOUT ROWID",
             )?;
-            db.execute("DELETE FROM temp.listed WHERE rule_id = ?1", [rule_id])?;
+            db.exec("DELETE FROM temp.listed WHERE rule_id = ?1", [rule_id])?;
             Ok(())
         })
     }
@@ -193,7 +193,7 @@ impl Store {
                 // Re-enabled since the listing: its baseline is not this listing's to judge.
                 return Ok(0);
             }
-            let n = tx.execute(
+            let n = tx.exec(
                 "DELETE FROM seen WHERE rule_id = ?1
                  AND NOT EXISTS (SELECT 1 FROM temp.listed l WHERE l.rule_id = ?1 AND l.key = seen.key
                                  AND l.version_id = seen.version_id)
@@ -201,8 +201,8 @@ impl Store {
                                  AND t.version_id = seen.version_id AND t.state IN ('queued', 'running', 'failed'))",
                 [rule_id],
             )?;
-            tx.execute("DELETE FROM temp.listed WHERE rule_id = ?1", [rule_id])?;
-            tx.execute(
+            tx.exec("DELETE FROM temp.listed WHERE rule_id = ?1", [rule_id])?;
+            tx.exec(
                 "INSERT INTO seen_pruned (rule_id, at) VALUES (?1, ?2)
                  ON CONFLICT (rule_id) DO UPDATE SET at = ?2",
                 params![rule_id, at],
@@ -216,7 +216,7 @@ impl Store {
     pub fn prune_seen_next_scan(&self, rule_id: &str) -> Result<()> {
         blocking(|| {
             self.db()
-                .execute("DELETE FROM seen_pruned WHERE rule_id = ?1", [rule_id])?;
+                .exec("DELETE FROM seen_pruned WHERE rule_id = ?1", [rule_id])?;
             Ok(())
         })
     }
@@ -244,7 +244,7 @@ impl Store {
         blocking(|| {
             let db = self.db();
             let generation: Option<i64> = db
-                .query_row("SELECT generation FROM rules WHERE rule_id = ?1", [rule_id], |r| {
+                .row("SELECT generation FROM rules WHERE rule_id = ?1", [rule_id], |r| {
                     r.get(0)
                 })
                 .optional()?;

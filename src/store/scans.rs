@@ -11,7 +11,7 @@ impl Store {
         blocking(|| {
             Ok(self
                 .db()
-                .query_row("SELECT COALESCE(MAX(id), 0) FROM tasks", [], |r| r.get(0))?)
+                .row("SELECT COALESCE(MAX(id), 0) FROM tasks", [], |r| r.get(0))?)
         })
     }
 
@@ -25,11 +25,11 @@ impl Store {
                     return Ok(());
                 }
                 // A scan that queued nothing new supersedes the earlier ones with the same mark.
-                tx.execute(
+                tx.exec(
                     "DELETE FROM scans WHERE rule_id = ?1 AND generation = ?2 AND max_task_id = ?3",
                     params![rule_id, generation, max_task_id],
                 )?;
-                tx.execute(
+                tx.exec(
                     "INSERT INTO scans (rule_id, generation, started_at, max_task_id) VALUES (?1, ?2, ?3, ?4)",
                     params![rule_id, generation, started_at, max_task_id],
                 )?;
@@ -37,9 +37,9 @@ impl Store {
                 // up: keep the oldest and the newest, thinning those between (the sync point can
                 // only come out earlier than the truth, never later).
                 let count: i64 =
-                    tx.query_row("SELECT COUNT(*) FROM scans WHERE rule_id = ?1", [rule_id], |r| r.get(0))?;
+                    tx.row("SELECT COUNT(*) FROM scans WHERE rule_id = ?1", [rule_id], |r| r.get(0))?;
                 if count > MAX_SCANS {
-                    tx.execute(
+                    tx.exec(
                         "DELETE FROM scans WHERE rowid IN (SELECT rowid FROM scans WHERE rule_id = ?1
                          ORDER BY started_at LIMIT 1 OFFSET 1)",
                         [rule_id],
@@ -66,9 +66,9 @@ impl Store {
             let mut db = self.db();
             let tx = db.transaction()?;
             let gone = count_where(&tx, filter, &1)?;
-            let n = tx.execute(&format!("DELETE FROM tasks WHERE {filter}"), [1])?;
-            tx.execute("DELETE FROM parts WHERE task_id NOT IN (SELECT id FROM tasks)", [])?;
-            tx.execute("DELETE FROM replicas WHERE task_id NOT IN (SELECT id FROM tasks)", [])?;
+            let n = tx.exec(&format!("DELETE FROM tasks WHERE {filter}"), [1])?;
+            tx.exec("DELETE FROM parts WHERE task_id NOT IN (SELECT id FROM tasks)", [])?;
+            tx.exec("DELETE FROM replicas WHERE task_id NOT IN (SELECT id FROM tasks)", [])?;
             tx.commit()?;
             let mut t = self.tallies();
             for (key, state, count, bytes) in gone {
@@ -84,7 +84,7 @@ impl Store {
         blocking(|| {
             let mut db = self.db();
             let tx = db.transaction()?;
-            let best: Option<i64> = tx.query_row(
+            let best: Option<i64> = tx.row(
             "SELECT MAX(s.started_at) FROM scans s JOIN rules r ON r.rule_id = s.rule_id AND r.generation = s.generation
              WHERE s.rule_id = ?1 AND NOT EXISTS (
                 SELECT 1 FROM tasks t WHERE t.rule_id = s.rule_id AND t.generation = s.generation
@@ -94,11 +94,11 @@ impl Store {
             |r| r.get(0),
         )?;
             if let Some(best) = best {
-                tx.execute(
+                tx.exec(
                     "UPDATE rules SET last_sync_point = MAX(COALESCE(last_sync_point, 0), ?2) WHERE rule_id = ?1",
                     params![rule_id, best],
                 )?;
-                tx.execute(
+                tx.exec(
                     "DELETE FROM scans WHERE rule_id = ?1 AND started_at < ?2",
                     params![rule_id, best],
                 )?;

@@ -9,11 +9,11 @@ impl Store {
         blocking(|| {
             let mut db = self.db();
             let tx = db.transaction()?;
-            tx.execute(
+            tx.exec(
                 "UPDATE tasks SET upload_id = ?2, upload_part_size = ?3 WHERE id = ?1",
                 params![task_id, upload.map(|u| u.0), upload.map(|u| u.1 as i64)],
             )?;
-            tx.execute("DELETE FROM parts WHERE task_id = ?1", [task_id])?;
+            tx.exec("DELETE FROM parts WHERE task_id = ?1", [task_id])?;
             tx.commit()?;
             Ok(())
         })
@@ -24,7 +24,7 @@ impl Store {
         blocking(|| {
             Ok(self
                 .db()
-                .query_row("SELECT upload_part_size FROM tasks WHERE id = ?1", [task_id], |r| {
+                .row("SELECT upload_part_size FROM tasks WHERE id = ?1", [task_id], |r| {
                     r.get::<_, Option<i64>>(0)
                 })
                 .optional()?
@@ -38,7 +38,7 @@ impl Store {
         blocking(|| {
             Ok(self
                 .db()
-                .query_row("SELECT state = 'running' FROM tasks WHERE id = ?1", [task_id], |r| {
+                .row("SELECT state = 'running' FROM tasks WHERE id = ?1", [task_id], |r| {
                     r.get(0)
                 })
                 .optional()?
@@ -70,7 +70,7 @@ impl Store {
         blocking(|| {
             Ok(self
                 .db()
-                .query_row("SELECT upload_id FROM tasks WHERE id = ?1", [task_id], |r| r.get(0))
+                .row("SELECT upload_id FROM tasks WHERE id = ?1", [task_id], |r| r.get(0))
                 .optional()?
                 .flatten())
         })
@@ -78,7 +78,7 @@ impl Store {
 
     pub fn add_part(&self, task_id: i64, part: i32, etag: &str, size: u64) -> Result<()> {
         blocking(|| {
-            self.db().execute(
+            self.db().exec(
                 "INSERT OR REPLACE INTO parts (task_id, part_number, etag, size) VALUES (?1, ?2, ?3, ?4)",
                 params![task_id, part, etag, size as i64],
             )?;
