@@ -121,7 +121,9 @@ fn build(tasks: usize) -> Backlog {
 fn queue(c: &mut Criterion) {
     let backlog = build(tasks_wanted());
     let store = &backlog.store;
-    let mut group = c.benchmark_group("queue");
+    // The backlog's size is in the group's name: criterion compares a run only with earlier
+    // runs of the same size.
+    let mut group = c.benchmark_group(format!("queue_{}_queued", backlog.tasks));
     // Flat sampling: few iterations when one is slow (a claim can take seconds).
     group
         .sample_size(10)
