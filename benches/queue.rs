@@ -42,6 +42,7 @@ fn change(key: String, version_id: String) -> NewChange {
         size: 4096,
         etag: "\"0123456789abcdef0123456789abcdef\"".into(),
         source_time: 1_790_000_000,
+        dest_absent: false,
     }
 }
 

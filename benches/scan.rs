@@ -59,6 +59,7 @@ fn plan(store: &Store, generation: i64, listing: &[VersionEntry], prune: bool) -
             size: e.size,
             etag: e.etag.clone(),
             source_time: e.last_modified,
+            dest_absent: false,
         }));
     }
     let queued = store.queue_new(RULE, generation, &changes).expect("queue");

@@ -224,12 +224,19 @@ impl Store {
     /// For each entry, whether the rule has not seen that version yet.
     pub fn unseen(&self, rule_id: &str, entries: &[crate::s3::VersionEntry]) -> Result<Vec<bool>> {
         blocking(|| {
-            let db = self.db();
-            let mut st = db.prepare_cached("SELECT 1 FROM seen WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3")?;
+            // One read transaction for the page: otherwise every lookup takes and drops the
+            // database's locks on its own.
+            let mut db = self.db();
+            let tx = db.transaction()?;
             let mut out = Vec::with_capacity(entries.len());
-            for e in entries {
-                out.push(!st.exists(params![rule_id, e.key, e.version_id])?);
+            {
+                let mut st =
+                    tx.prepare_cached("SELECT 1 FROM seen WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3")?;
+                for e in entries {
+                    out.push(!st.exists(params![rule_id, e.key, e.version_id])?);
+                }
             }
+            tx.commit()?;
             Ok(out)
         })
     }
@@ -242,13 +249,14 @@ impl Store {
         versions: impl Iterator<Item = (&'k str, &'k str)>,
     ) -> Result<Vec<bool>> {
         blocking(|| {
-            let db = self.db();
-            let generation: Option<i64> = db
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let generation: Option<i64> = tx
                 .row("SELECT generation FROM rules WHERE rule_id = ?1", [rule_id], |r| {
                     r.get(0)
                 })
                 .optional()?;
-            let mut st = db.prepare_cached(
+            let mut st = tx.prepare_cached(
                 "SELECT 1 FROM seen WHERE rule_id = ?1 AND key = ?2 AND version_id = ?3
                  AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.rule_id = ?1 AND t.key = ?2 AND t.version_id = ?3
                                  AND t.migration_id IS NULL AND t.generation = ?4)",
@@ -257,6 +265,8 @@ impl Store {
             for (key, version) in versions {
                 out.push(st.exists(params![rule_id, key, version, generation])?);
             }
+            drop(st);
+            tx.commit()?;
             Ok(out)
         })
     }

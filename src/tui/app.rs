@@ -205,8 +205,12 @@ impl App {
     }
 
     fn shows(&self, pane: Pane, texts: &[&str]) -> bool {
-        let f = self.filter(pane).to_lowercase();
-        f.is_empty() || texts.iter().any(|t| t.to_lowercase().contains(&f))
+        self.matcher(pane).matches(texts)
+    }
+
+    /// The pane's filter, ready to test many rows.
+    fn matcher(&self, pane: Pane) -> Matcher {
+        Matcher::new(self.filter(pane))
     }
 
     /// The buckets pane's rows: each endpoint, then the buckets the rules use on it.
@@ -250,23 +254,26 @@ impl App {
     /// Running copies, then failures (newest first), then completed copies (newest first).
     pub fn queue_rows(&self) -> Vec<QueueRow> {
         let s = &self.snapshot;
-        let mut rows: Vec<QueueRow> = (0..s.running.len())
-            .filter(|i| self.shows(Pane::Queue, &[&s.running[*i].key, &s.running[*i].rule_id]))
-            .map(QueueRow::Running)
-            .collect();
+        let m = self.matcher(Pane::Queue);
+        let mut rows: Vec<QueueRow> = Vec::with_capacity(s.running.len() + s.recent_failures.len() + self.completed.len());
+        rows.extend(
+            (0..s.running.len())
+                .filter(|i| m.matches(&[&s.running[*i].key, &s.running[*i].rule_id]))
+                .map(QueueRow::Running),
+        );
         rows.extend(
             (0..s.recent_failures.len())
                 .rev()
                 .filter(|i| {
                     let f = &s.recent_failures[*i];
-                    self.shows(Pane::Queue, &[&f.key, &f.rule_id, &f.reason])
+                    m.matches(&[&f.key, &f.rule_id, &f.reason])
                 })
                 .map(QueueRow::Failed),
         );
         rows.extend(
             (0..self.completed.len())
                 .rev()
-                .filter(|i| self.shows(Pane::Queue, &[&self.completed[*i].key, &self.completed[*i].rule]))
+                .filter(|i| m.matches(&[&self.completed[*i].key, &self.completed[*i].rule]))
                 .map(QueueRow::Completed),
         );
         rows
@@ -849,5 +856,48 @@ impl App {
                 Vec::new()
             }
         }
+    }
+}
+
+/// A pane's `/` filter: case-insensitive substring match, without allocating per row for ASCII
+/// text (keys usually are).
+struct Matcher {
+    needle: String,
+}
+
+impl Matcher {
+    fn new(filter: &str) -> Matcher {
+        Matcher {
+            needle: filter.to_lowercase(),
+        }
+    }
+
+    fn matches(&self, texts: &[&str]) -> bool {
+        self.needle.is_empty() || texts.iter().any(|t| self.contains(t))
+    }
+
+    fn contains(&self, text: &str) -> bool {
+        let n = self.needle.as_bytes();
+        if text.is_ascii() && self.needle.is_ascii() {
+            text.as_bytes().windows(n.len()).any(|w| w.eq_ignore_ascii_case(n))
+        } else {
+            text.to_lowercase().contains(&self.needle)
+        }
+    }
+}
+
+#[cfg(test)]
+mod matcher_tests {
+    use super::Matcher;
+
+    #[test]
+    fn filters_match_any_case_in_any_script() {
+        let m = Matcher::new("Photos/2024");
+        assert!(m.matches(&["rule-a", "PHOTOS/2024/a.jpg"]));
+        assert!(!m.matches(&["photos/2023/a.jpg"]));
+        assert!(Matcher::new("").matches(&[]));
+        assert!(Matcher::new("ÄRGER").matches(&["x/ärger.txt"]));
+        assert!(Matcher::new("größe").matches(&["GRÖSSE".to_lowercase().as_str(), "Größe.bin"]));
+        assert!(!Matcher::new("日本").matches(&["中国/a"]));
     }
 }
