@@ -157,7 +157,7 @@ impl Store {
     }
 
     pub fn migration(&self, id: i64) -> Result<Option<Migration>> {
-        blocking(|| {
+        quick(|| {
             Ok(self
                 .db()
                 .row(

@@ -53,7 +53,7 @@ impl Store {
     /// running migrations' tasks, each in queue order. Every lookup walks the index of queued
     /// tasks from its start, so a claim costs the same with a million tasks queued as with ten.
     pub fn claim(&self, now: i64) -> Result<Option<Task>> {
-        blocking(|| {
+        quick(|| {
             let mut db = self.db();
             let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let mut task = tx
@@ -121,7 +121,7 @@ impl Store {
 
     /// Gives a task cut off by shutdown back to the queue without counting the attempt.
     pub fn release(&self, id: i64) -> Result<()> {
-        blocking(|| {
+        quick(|| {
             self.move_running(
                 id,
                 State::Queued,
@@ -143,7 +143,7 @@ impl Store {
     }
 
     pub fn complete(&self, task: &Task, dest_version: Option<&str>, bytes: u64) -> Result<()> {
-        blocking(|| {
+        quick(|| {
             let mut db = self.db();
             let tx = db.transaction()?;
             let n = tx.exec(
@@ -173,7 +173,7 @@ impl Store {
 
     /// Ends a task without copying (`skipped`): the reason says why.
     pub fn skip(&self, id: i64, reason: &str) -> Result<()> {
-        blocking(|| {
+        quick(|| {
             self.move_running(
             id,
             State::Skipped,
@@ -184,7 +184,7 @@ impl Store {
     }
 
     pub fn retry_later(&self, id: i64, error: &str, not_before: i64) -> Result<()> {
-        blocking(|| {
+        quick(|| {
             self.move_running(
                 id,
                 State::Queued,
@@ -196,7 +196,7 @@ impl Store {
     }
 
     pub fn fail(&self, id: i64, error: &str) -> Result<()> {
-        blocking(|| {
+        quick(|| {
             self.move_running(
             id,
             State::Failed,
@@ -209,7 +209,7 @@ impl Store {
     /// Whether a later change of the same key has already been replicated: copying this one
     /// now would make an older version the destination's latest.
     pub fn superseded(&self, task: &Task) -> Result<bool> {
-        blocking(|| {
+        quick(|| {
             Ok(self
             .db()
             .row(
@@ -229,7 +229,7 @@ impl Store {
 
     /// Of a key's tasks in this generation: how many are unfinished, and how many are not dropped.
     pub fn key_tasks(&self, rule_id: &str, key: &str, generation: i64) -> Result<(i64, i64)> {
-        blocking(|| {
+        quick(|| {
             Ok(self.db().row(
                 "SELECT COALESCE(SUM(state IN ('queued', 'running')), 0), COALESCE(SUM(state != 'dropped'), 0)
              FROM tasks WHERE rule_id = ?1 AND key = ?2 AND generation = ?3",
@@ -248,7 +248,7 @@ impl Store {
         version: &str,
         generation: i64,
     ) -> Result<Option<Option<String>>> {
-        blocking(|| {
+        quick(|| {
             Ok(self
                 .db()
                 .row(

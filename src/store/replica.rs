@@ -3,7 +3,7 @@
 //! user metadata and tags. Written before the write is sent, so that a task retried after a
 //! crash can tell whether the destination's latest version is the write that landed.
 
-use super::{Cached, Store, blocking};
+use super::{Cached, Store, quick};
 use anyhow::Result;
 use rusqlite::{OptionalExtension, params};
 
@@ -31,7 +31,7 @@ impl Store {
     /// Records the replica the task is about to write, replacing what an earlier attempt
     /// recorded.
     pub fn record_replica(&self, task_id: i64, replica: &Replica) -> Result<()> {
-        blocking(|| {
+        quick(|| {
             self.db().exec(
                 "INSERT OR REPLACE INTO replicas (task_id, size, etag, digest) VALUES (?1, ?2, ?3, ?4)",
                 params![task_id, replica.size as i64, replica.etag, replica.digest],
@@ -42,7 +42,7 @@ impl Store {
 
     /// Sets the ETag the task's replica is expected to get.
     pub fn set_replica_etag(&self, task_id: i64, etag: &str) -> Result<()> {
-        blocking(|| {
+        quick(|| {
             self.db().exec(
                 "UPDATE replicas SET etag = ?2 WHERE task_id = ?1",
                 params![task_id, etag],
@@ -53,7 +53,7 @@ impl Store {
 
     /// What the task recorded of the replica it was writing, if anything.
     pub fn replica(&self, task_id: i64) -> Result<Option<Replica>> {
-        blocking(|| self.replica_now(task_id))
+        quick(|| self.replica_now(task_id))
     }
 
     fn replica_now(&self, task_id: i64) -> Result<Option<Replica>> {

@@ -81,7 +81,7 @@ impl Store {
     /// The last sync point is the start of the newest scan all of whose changes (and all
     /// earlier ones) are replicated. Failed tasks hold it back, as they should.
     pub fn update_sync_point(&self, rule_id: &str) -> Result<()> {
-        blocking(|| {
+        quick(|| {
             let mut db = self.db();
             let tx = db.transaction()?;
             let best: Option<i64> = tx.row(

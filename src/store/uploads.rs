@@ -6,7 +6,7 @@ impl Store {
     /// Records the task's multipart upload and its part size (or forgets it: `None`); the
     /// parts recorded for an earlier upload are forgotten either way.
     pub fn set_upload(&self, task_id: i64, upload: Option<(&str, u64)>) -> Result<()> {
-        blocking(|| {
+        quick(|| {
             let mut db = self.db();
             let tx = db.transaction()?;
             tx.exec(
@@ -21,7 +21,7 @@ impl Store {
 
     /// The part size the task's open upload was started with.
     pub fn upload_part_size(&self, task_id: i64) -> Result<Option<u64>> {
-        blocking(|| {
+        quick(|| {
             Ok(self
                 .db()
                 .row("SELECT upload_part_size FROM tasks WHERE id = ?1", [task_id], |r| {
@@ -35,7 +35,7 @@ impl Store {
 
     /// Whether the task is still running (not dropped by a disable or cancel meanwhile).
     pub fn is_running(&self, task_id: i64) -> Result<bool> {
-        blocking(|| {
+        quick(|| {
             Ok(self
                 .db()
                 .row("SELECT state = 'running' FROM tasks WHERE id = ?1", [task_id], |r| {
@@ -67,7 +67,7 @@ impl Store {
     }
 
     pub fn tasks_upload(&self, task_id: i64) -> Result<Option<String>> {
-        blocking(|| {
+        quick(|| {
             Ok(self
                 .db()
                 .row("SELECT upload_id FROM tasks WHERE id = ?1", [task_id], |r| r.get(0))
@@ -77,7 +77,7 @@ impl Store {
     }
 
     pub fn add_part(&self, task_id: i64, part: i32, etag: &str, size: u64) -> Result<()> {
-        blocking(|| {
+        quick(|| {
             self.db().exec(
                 "INSERT OR REPLACE INTO parts (task_id, part_number, etag, size) VALUES (?1, ?2, ?3, ?4)",
                 params![task_id, part, etag, size as i64],
@@ -87,7 +87,7 @@ impl Store {
     }
 
     pub fn parts(&self, task_id: i64) -> Result<Vec<(i32, String, u64)>> {
-        blocking(|| {
+        quick(|| {
             let db = self.db();
             let mut st =
                 db.prepare("SELECT part_number, etag, size FROM parts WHERE task_id = ?1 ORDER BY part_number")?;
