@@ -76,6 +76,32 @@ pub async fn put_all(s3: &Server, bucket: &str, objs: &[Obj], concurrency: usize
         .map(|_| ())
 }
 
+/// Creates a fresh versioned destination bucket and writes (then removes, version and all) one
+/// small object: SeaweedFS allocates a new bucket's storage on its first write, which takes
+/// about a second that would otherwise be charged to whichever tool writes first.
+pub async fn fresh_bucket(s3: &Server, bucket: &str) -> Result<(), String> {
+    create_bucket(s3, bucket, true).await;
+    let key = ".bench-warm-up";
+    let put = s3
+        .client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(ByteStream::from_static(b"warm-up"))
+        .send()
+        .await
+        .map_err(|e| format!("warm up {bucket} on {}: {e:?}", s3.name))?;
+    s3.client
+        .delete_object()
+        .bucket(bucket)
+        .key(key)
+        .set_version_id(put.version_id().map(str::to_string))
+        .send()
+        .await
+        .map_err(|e| format!("warm up {bucket} on {}: {e:?}", s3.name))?;
+    Ok(())
+}
+
 /// Key and size of every current object of a bucket (ListObjectsV2).
 pub async fn list_sizes(s3: &Server, bucket: &str) -> Result<BTreeMap<String, u64>, String> {
     let mut out = BTreeMap::new();

@@ -233,10 +233,12 @@ async fn workload(
     let mut noop_done = !first;
     for (tool, rep) in order {
         let dst_bucket = format!("dst-{}-{}-{rep}", w.name, tool.name());
-        create_bucket(dst, &dst_bucket, true).await;
         let dir = work.join(format!("{}-{}-{}-{rep}", kind.label(), w.name, tool.name()));
         let (s, d) = (side(src, &src_bucket), side(dst, &dst_bucket));
-        let mut outcome = tools::run(tool, paths, &dir, &s, &d, &objs).await;
+        let mut outcome = match data::fresh_bucket(dst, &dst_bucket).await {
+            Ok(()) => tools::run(tool, paths, &dir, &s, &d, &objs).await,
+            Err(e) => Err(e),
+        };
         if outcome.is_ok()
             && tool.copies()
             && let Err(e) = verify(&want, dst, &dst_bucket).await
@@ -273,9 +275,9 @@ async fn workload(
     }
     for &tool in &o.tools {
         let dst_bucket = format!("dst-{}-{}-count", w.name, tool.name());
-        create_bucket(dst, &dst_bucket, true).await;
         let (s, d) = (side(src, &src_bucket), side(dst, &dst_bucket));
         let counted = async {
+            data::fresh_bucket(dst, &dst_bucket).await?;
             let sp = proxy::Proxy::start(&tools::upstream(&s))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -396,11 +398,12 @@ fn header(o: &Opts, paths: &Paths) -> Vec<(String, String)> {
     h
 }
 
-fn report_path() -> PathBuf {
+fn report_path(smoke: bool) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("bench").join("report.md")
+    let name = if smoke { "report-smoke.md" } else { "report.md" };
+    target.join("bench").join(name)
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -481,7 +484,7 @@ async fn bench(o: Opts) -> bool {
     }
     let text = r.markdown();
     println!("{text}");
-    let path = report_path();
+    let path = report_path(o.argv.iter().any(|a| a == "--smoke"));
     if let Some(parent) = path.parent() {
         let _ = std::fs::create_dir_all(parent);
     }

@@ -4,8 +4,8 @@
 //! of each change, from the write's acknowledgement to the task's completion, is split with
 //! crr's state database into detection (task created) and transfer (task done).
 
-use crate::common::{Server, create_bucket, pseudo_random_bytes};
-use crate::data::{hash_bucket, remove_bucket, verify};
+use crate::common::{Server, VersionEntry, create_bucket, list_versions, pseudo_random_bytes};
+use crate::data::{fresh_bucket, hash_bucket, list_sizes, remove_bucket, verify};
 use crate::measure::{Cost, Running};
 use crate::tools::{Paths, Side, crr_command, crr_config, crr_rule};
 use aws_sdk_s3::primitives::ByteStream;
@@ -103,11 +103,15 @@ pub async fn run(
     };
     let (rt_src, rt_dst) = (side(src, format!("rt-src-{n}")), side(dst, format!("rt-dst-{n}")));
     create_bucket(src, &rt_src.bucket, true).await;
-    create_bucket(dst, &rt_dst.bucket, true).await;
+    if let Err(e) = fresh_bucket(dst, &rt_dst.bucket).await {
+        eprintln!("note: {e}");
+    }
     let mut rules = crr_rule("rt", &rt_src, &rt_dst, false);
     let mig_dst = side(dst, format!("mig-dst-{n}"));
     if let Some(bucket) = migrate {
-        create_bucket(dst, &mig_dst.bucket, true).await;
+        if let Err(e) = fresh_bucket(dst, &mig_dst.bucket).await {
+            eprintln!("note: {e}");
+        }
         rules.push('\n');
         rules.push_str(&crr_rule("mig", &side(src, bucket.to_string()), &mig_dst, true));
     }
@@ -222,6 +226,9 @@ pub async fn run(
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    if let Err(e) = &verified {
+        verified = Err(format!("{e}; {}", explain(src, dst, &rt_src.bucket, &rt_dst.bucket, &dir.join("state")).await));
+    }
     let serve_exit = serve.stop(Duration::from_secs(30)).await;
     let seen = tasks(&state, "rt").unwrap_or_default();
     let (mut detection, mut transfer, mut total, mut not_done) = (vec![], vec![], vec![], 0);
@@ -252,6 +259,59 @@ pub async fn run(
         verified,
         serve: serve_exit.map(|e| e.cost).unwrap_or_default(),
     }
+}
+
+/// For up to three keys whose current state differs between the buckets: the versions on each
+/// side (newest first, `*` latest, `DM` delete marker) and crr's tasks for the key.
+async fn explain(src: &Server, dst: &Server, src_bucket: &str, dst_bucket: &str, state: &Path) -> String {
+    let (Ok(a), Ok(b)) = (list_sizes(src, src_bucket).await, list_sizes(dst, dst_bucket).await) else {
+        return String::new();
+    };
+    let mut keys: Vec<&String> = a.keys().filter(|k| b.get(*k) != a.get(*k)).collect();
+    keys.extend(b.keys().filter(|k| !a.contains_key(*k)));
+    let mut out = Vec::new();
+    for key in keys.into_iter().take(3) {
+        let show = |v: Vec<VersionEntry>| {
+            v.iter()
+                .filter(|e| e.key == *key)
+                .map(|e| {
+                    format!(
+                        "{}{}{}",
+                        if e.is_delete_marker { "DM " } else { "" },
+                        e.version_id,
+                        if e.is_latest { "*" } else { "" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let tasks = rusqlite::Connection::open_with_flags(state.join("crr.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|db| {
+                let mut stmt = db.prepare(
+                    "SELECT id, kind, version_id, state, created_at, updated_at FROM tasks WHERE key = ?1 ORDER BY id",
+                )?;
+                let rows = stmt.query_map([key], |r| {
+                    Ok(format!(
+                        "#{} {} {} {} {}..{}",
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?
+                    ))
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()
+            })
+            .map(|v| v.join(", "))
+            .unwrap_or_else(|e| e.to_string());
+        out.push(format!(
+            "{key}: source [{}], destination [{}], crr tasks [{tasks}]",
+            show(list_versions(src, src_bucket, Some(key)).await),
+            show(list_versions(dst, dst_bucket, Some(key)).await)
+        ));
+    }
+    out.join("; ")
 }
 
 /// p50, p99 and max of a set of milliseconds, as text.

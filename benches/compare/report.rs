@@ -241,7 +241,7 @@ impl Report {
                     r.workload,
                     r.tool.name(),
                     r.rep,
-                    one_line(e)
+                    flat(e)
                 ));
             }
         }
@@ -250,18 +250,18 @@ impl Report {
                 lines.push(format!(
                     "{pair} {workload} {} (request count run): {}",
                     tool.name(),
-                    one_line(e)
+                    flat(e)
                 ));
             }
         }
         for (pair, l) in &self.lags {
             if let Err(e) = &l.verified {
-                lines.push(format!("{pair} real time ({}): {}", l.label, one_line(e)));
+                lines.push(format!("{pair} real time ({}): {}", l.label, flat(e)));
             }
         }
         for (pair, what, c) in &self.noops {
             if let Err(e) = c {
-                lines.push(format!("{pair} no-op re-run ({what}): {}", one_line(e)));
+                lines.push(format!("{pair} no-op re-run ({what}): {}", flat(e)));
             }
         }
         if lines.is_empty() {
@@ -275,8 +275,14 @@ impl Report {
     }
 }
 
+/// The whole text on one line.
+fn flat(e: &str) -> String {
+    e.replace(['\n', '|'], " ")
+}
+
+/// The text on one line, cut to fit a table cell.
 fn one_line(e: &str) -> String {
-    let flat = e.replace(['\n', '|'], " ");
+    let flat = flat(e);
     if flat.chars().count() > 300 {
         format!("{}…", flat.chars().take(300).collect::<String>())
     } else {
