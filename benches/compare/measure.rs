@@ -1,6 +1,8 @@
-//! Runs one child process and measures it: wall time from spawn to exit, and the CPU time and
-//! peak RSS that the kernel accounts to that child (and to the descendants it waited for), read
-//! from `wait4`'s rusage.
+//! Runs one child process and measures it: wall time from spawn to exit, the CPU time the kernel
+//! accounts to that child (and to the descendants it waited for) from `wait4`'s rusage, and its
+//! peak RSS, sampled from `/proc/PID/status` (VmHWM) every 5 ms while it runs. (rusage's
+//! ru_maxrss is no use here: Linux carries the forking parent's RSS into the child's figure, so
+//! every child of a harness that once held large bodies would show the harness's size.)
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -52,6 +54,20 @@ pub struct Running {
     pid: libc::pid_t,
     started: Instant,
     timed_out: bool,
+    /// The highest VmHWM seen, KiB.
+    hwm_kib: u64,
+}
+
+/// The child's peak RSS so far (VmHWM, KiB), if it still runs.
+fn vm_hwm(pid: libc::pid_t) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 impl Running {
@@ -68,6 +84,7 @@ impl Running {
             pid,
             started,
             timed_out: false,
+            hwm_kib: 0,
         })
     }
 
@@ -80,6 +97,10 @@ impl Running {
     pub async fn wait(mut self, timeout: Duration) -> std::io::Result<Exit> {
         let deadline = Instant::now() + timeout;
         loop {
+            // Before reaping: once reaped, the pid may be someone else's.
+            if let Some(kib) = vm_hwm(self.pid) {
+                self.hwm_kib = self.hwm_kib.max(kib);
+            }
             let mut status: libc::c_int = 0;
             // SAFETY: an all-zero rusage is a valid value for wait4 to overwrite.
             let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -98,7 +119,7 @@ impl Running {
                     cost: Cost {
                         wall,
                         cpu: timeval(usage.ru_utime) + timeval(usage.ru_stime),
-                        max_rss_kib: usage.ru_maxrss.max(0) as u64,
+                        max_rss_kib: self.hwm_kib,
                     },
                     code,
                     timed_out: self.timed_out,

@@ -227,7 +227,10 @@ pub async fn run(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     if let Err(e) = &verified {
-        verified = Err(format!("{e}; {}", explain(src, dst, &rt_src.bucket, &rt_dst.bucket, &dir.join("state")).await));
+        verified = Err(format!(
+            "{e}; {}",
+            explain(src, dst, &rt_src.bucket, &rt_dst.bucket, &dir.join("state")).await
+        ));
     }
     let serve_exit = serve.stop(Duration::from_secs(30)).await;
     let seen = tasks(&state, "rt").unwrap_or_default();
@@ -285,26 +288,27 @@ async fn explain(src: &Server, dst: &Server, src_bucket: &str, dst_bucket: &str,
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        let tasks = rusqlite::Connection::open_with_flags(state.join("crr.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .and_then(|db| {
-                let mut stmt = db.prepare(
+        let tasks =
+            rusqlite::Connection::open_with_flags(state.join("crr.db"), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .and_then(|db| {
+                    let mut stmt = db.prepare(
                     "SELECT id, kind, version_id, state, created_at, updated_at FROM tasks WHERE key = ?1 ORDER BY id",
                 )?;
-                let rows = stmt.query_map([key], |r| {
-                    Ok(format!(
-                        "#{} {} {} {} {}..{}",
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, i64>(5)?
-                    ))
-                })?;
-                rows.collect::<Result<Vec<_>, _>>()
-            })
-            .map(|v| v.join(", "))
-            .unwrap_or_else(|e| e.to_string());
+                    let rows = stmt.query_map([key], |r| {
+                        Ok(format!(
+                            "#{} {} {} {} {}..{}",
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, i64>(5)?
+                        ))
+                    })?;
+                    rows.collect::<Result<Vec<_>, _>>()
+                })
+                .map(|v| v.join(", "))
+                .unwrap_or_else(|e| e.to_string());
         out.push(format!(
             "{key}: source [{}], destination [{}], crr tasks [{tasks}]",
             show(list_versions(src, src_bucket, Some(key)).await),

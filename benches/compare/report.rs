@@ -97,7 +97,7 @@ impl Report {
         s.push_str(
             "\nFigures are medians with [min–max] over repetitions; each repetition copied into a fresh \
              destination bucket and was verified (every key, size and MD5 of the downloaded bytes). \
-             CPU and peak RSS are the tool process's own (wait4 rusage). Nothing here is asserted.\n",
+             CPU is the tool process's own (wait4 rusage); peak RSS is its VmHWM, sampled every 5 ms. Nothing here is asserted.\n",
         );
         let mut groups: Vec<(String, String)> =
             self.runs.iter().map(|r| (r.pair.clone(), r.workload.clone())).collect();
