@@ -8,7 +8,6 @@ use crate::data::{MULTIPART_THRESHOLD, Obj, PART_SIZE};
 use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use crr::s3::streaming_request;
 use futures::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -87,8 +86,9 @@ async fn clients(a: &Args) -> Result<(Client, Client), String> {
     let text = format!("{}\n{}", endpoint("src", &a.src), endpoint("dst", &a.dst));
     let config = crr::config::parse(std::path::Path::new("ceiling.toml"), &text).map_err(|e| format!("{e:?}"))?;
     let clients = crr::s3::Clients::connect(&config).await;
-    let get = |n: &str| clients.get(n).map(|s| s.client.clone()).map_err(|e| e.to_string());
-    Ok((get("src")?, get("dst")?))
+    let get = |n: &str| clients.get(n).cloned().map_err(|e| e.to_string());
+    // Writes go through crr's client for streamed bodies (no read timeout), as crr's do.
+    Ok((get("src")?.client, get("dst")?.streaming))
 }
 
 /// Runs the ceiling mode described by `argv` to completion.
@@ -162,7 +162,6 @@ async fn whole(mode: &str, src: &Client, dst: &Client, sb: &str, db: &str, o: &O
         .content_length(len as i64)
         .body(body)
         .customize()
-        .config_override(streaming_request())
         .disable_payload_signing()
         .send()
         .await
@@ -215,7 +214,6 @@ async fn multipart(
                     .content_length((end - start) as i64)
                     .body(body)
                     .customize()
-                    .config_override(streaming_request())
                     .disable_payload_signing()
                     .send()
                     .await
