@@ -5,7 +5,7 @@
 mod common;
 mod proxy;
 
-use common::{Env, Rule, create_bucket, get_bytes, key_versions, pseudo_random_bytes, put};
+use common::{Env, Kind, Rule, create_bucket, delete, get_bytes, key_versions, pseudo_random_bytes, put};
 use crr::engine::{Command, Engine, EngineHandle, Event, MigrateAction, Reply, RetryTarget, RuleDraft};
 use crr::store::{NewChange, TaskKind};
 use proxy::SlowProxy;
@@ -424,6 +424,52 @@ async fn a_drained_key_ends_with_the_sources_latest_version() {
 
 /// A migration of a few large objects moves smoothly: bytes of copies in flight count, and the
 /// figures never go backwards.
+/// The same for a delete listed before the put it hides, on a source (SeaweedFS) whose
+/// HeadObject of a deleted key says neither that a delete marker hides it nor which: the marker
+/// is found in the key's listing, and the delete is replicated again on top.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_key_ends_hidden_when_its_delete_ran_before_its_put() {
+    let env = Env::start_with(Kind::Weed, Kind::Moto).await;
+    buckets(&env).await;
+    env.write_config(&[rule()]);
+    let engine = open(&env).await;
+    engine.reconcile(None).await.expect("reconcile");
+    let v1 = put(&env.gz, "src-bucket", "k.txt", "written, then deleted").await;
+    delete(&env.gz, "src-bucket", "k.txt").await;
+    let marker = key_versions(&env.gz, "src-bucket", "k.txt")
+        .await
+        .into_iter()
+        .find(|v| v.is_delete_marker)
+        .expect("a delete marker")
+        .version_id;
+    let generation = engine.store.rule_state("r").expect("state").expect("rule").generation;
+    let change = |kind: TaskKind, v: &str, size: u64| NewChange {
+        queue: true,
+        kind,
+        key: "k.txt".into(),
+        version_id: v.into(),
+        size,
+        etag: String::new(),
+        source_time: 0,
+        dest_absent: false,
+    };
+    // The delete first, as a listing with the wrong entry flagged latest would order them.
+    engine
+        .store
+        .queue_new(
+            "r",
+            generation,
+            &[change(TaskKind::Delete, &marker, 0), change(TaskKind::Put, &v1, 21)],
+        )
+        .expect("queue");
+    engine.run_once().await.expect("run");
+    assert_eq!(
+        get_bytes(&env.sh, "dst-bucket", "k.txt").await,
+        None,
+        "deleted on the source, still readable on the destination"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_progress_counts_copies_in_flight_and_never_goes_back() {
     let env = Env::start().await;

@@ -491,14 +491,27 @@ async fn head_latest(s3: &S3, bucket: &str, key: &str) -> Result<Latest, ()> {
         Err(e) => match e.raw_response() {
             Some(r) if r.status().as_u16() == 404 => {
                 let header = |name: &str| r.headers().get(name).map(str::to_string);
-                if header("x-amz-delete-marker").as_deref() == Some("true") {
-                    Ok(Latest::DeleteMarker(header("x-amz-version-id")))
-                } else {
-                    Ok(Latest::Missing)
+                match (header("x-amz-delete-marker").as_deref(), header("x-amz-version-id")) {
+                    (Some("true"), Some(version)) => Ok(Latest::DeleteMarker(Some(version))),
+                    // Not every server says whether a delete marker hides the key, or which:
+                    // the key's listing does.
+                    _ => Ok(latest_marker(s3, bucket, key).await),
                 }
             }
             _ => Err(()),
         },
+    }
+}
+
+/// For a key HeadObject did not find: the delete marker on top of it, from the first page of
+/// its versions, or `Missing` when none is latest there.
+async fn latest_marker(s3: &S3, bucket: &str, key: &str) -> Latest {
+    let Ok(page) = s3.list_versions_page(bucket, key, None).await else {
+        return Latest::Missing;
+    };
+    match page.entries.into_iter().find(|e| e.key == key && e.is_latest) {
+        Some(e) if e.delete_marker => Latest::DeleteMarker(Some(e.version_id)),
+        _ => Latest::Missing,
     }
 }
 

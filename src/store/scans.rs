@@ -36,8 +36,7 @@ impl Store {
                 // While a failed task holds the sync point back, scans that found changes pile
                 // up: keep the oldest and the newest, thinning those between (the sync point can
                 // only come out earlier than the truth, never later).
-                let count: i64 =
-                    tx.row("SELECT COUNT(*) FROM scans WHERE rule_id = ?1", [rule_id], |r| r.get(0))?;
+                let count: i64 = tx.row("SELECT COUNT(*) FROM scans WHERE rule_id = ?1", [rule_id], |r| r.get(0))?;
                 if count > MAX_SCANS {
                     tx.exec(
                         "DELETE FROM scans WHERE rowid IN (SELECT rowid FROM scans WHERE rule_id = ?1

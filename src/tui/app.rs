@@ -255,7 +255,8 @@ impl App {
     pub fn queue_rows(&self) -> Vec<QueueRow> {
         let s = &self.snapshot;
         let m = self.matcher(Pane::Queue);
-        let mut rows: Vec<QueueRow> = Vec::with_capacity(s.running.len() + s.recent_failures.len() + self.completed.len());
+        let mut rows: Vec<QueueRow> =
+            Vec::with_capacity(s.running.len() + s.recent_failures.len() + self.completed.len());
         rows.extend(
             (0..s.running.len())
                 .filter(|i| m.matches(&[&s.running[*i].key, &s.running[*i].rule_id]))
