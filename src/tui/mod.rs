@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod editor;
+mod filter;
 pub mod keymap;
 pub mod theme;
 pub mod view;
