@@ -393,13 +393,26 @@ impl CopyCtx<'_> {
         }
     }
 
-    /// The source version's tags, given the tag count its GetObject or HeadObject answer
+    /// The source version's tags, given the tag count its GetObject answer
     /// carried (see [`crate::s3::tag_count`]): asked for only when there may be some.
     async fn tags(&self, task: &Task, count: Option<i32>) -> Result<Vec<(String, String)>, CopyError> {
         let counts = &self.src.tag_counts;
         if !counts.must_fetch(count) {
             return Ok(Vec::new());
         }
+        let tags = self.fetch_tags(task).await?;
+        if count.is_none() && counts.fetched_without_count(tags.len()) {
+            tracing::warn!(
+                endpoint = %self.src.endpoint,
+                key = %task.key,
+                "this endpoint does not send x-amz-tagging-count for tagged objects: asking for the tags of every object from now on"
+            );
+        }
+        Ok(tags)
+    }
+
+    /// The source version's tags (GetObjectTagging).
+    async fn fetch_tags(&self, task: &Task) -> Result<Vec<(String, String)>, CopyError> {
         let out = self
             .src
             .client
@@ -410,19 +423,11 @@ impl CopyCtx<'_> {
             .send()
             .await
             .map_err(|e| s3_error("GetObjectTagging", &self.src_target(task), e))?;
-        let tags: Vec<(String, String)> = out
+        Ok(out
             .tag_set()
             .iter()
             .map(|t| (t.key().to_string(), t.value().to_string()))
-            .collect();
-        if count.is_none() && counts.fetched_without_count(tags.len()) {
-            tracing::warn!(
-                endpoint = %self.src.endpoint,
-                key = %task.key,
-                "this endpoint does not send x-amz-tagging-count for tagged objects: asking for the tags of every object from now on"
-            );
-        }
-        Ok(tags)
+            .collect())
     }
 
     fn storage_class(&self, source: Option<&str>) -> Option<StorageClass> {
@@ -683,7 +688,12 @@ impl CopyCtx<'_> {
             .map_err(|e| s3_error("HeadObject", &self.src_target(task), e))?;
         let size = head.content_length().unwrap_or(0).max(0) as u64;
         let headers = Headers::from_head(&head);
-        let tags = self.tags(task, head.tag_count()).await?;
+        // A multipart copy takes dozens of requests: one more for the tags is cheap, and does
+        // not depend on HeadObject reporting counts the way GetObject does.
+        let tags = match head.tag_count() {
+            Some(0) => Vec::new(),
+            _ => self.fetch_tags(task).await?,
+        };
         // What the replica will carry; its ETag follows from the parts, recorded before the
         // upload is completed.
         self.store.record_replica(
