@@ -35,6 +35,7 @@ fn rule(id: &str, enabled: bool) -> RuleView {
         failed: 0,
         replicated_objects: 120,
         replicated_bytes: 7 << 20,
+        error: None,
         migration: None,
     }
 }

@@ -60,6 +60,7 @@ pub fn status_rows(snapshot: &Snapshot) -> Vec<Value> {
                 "replicated_objects": r.replicated_objects,
                 "replicated_bytes": r.replicated_bytes,
                 "lag_seconds": r.lag_seconds,
+                "error": r.error,
                 "migration": migration,
             })
         })
@@ -92,6 +93,9 @@ pub fn print_status(rows: &[Value]) {
             s(&r["source"]),
             s(&r["destination"])
         );
+        if let Some(e) = r["error"].as_str() {
+            println!("  error            {e}");
+        }
         println!("  enable point     {}", s(&r["enable_point"]));
         println!(
             "  last sync point  {}{}",

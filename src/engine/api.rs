@@ -194,6 +194,15 @@ pub enum Event {
         rule: String,
         error: String,
     },
+    /// The rule's copies and scans are held (versioning not Enabled on one of its buckets).
+    RuleHalted {
+        rule: String,
+        reason: String,
+    },
+    /// The hold is over: copies run again.
+    RuleResumed {
+        rule: String,
+    },
     ScanRecovered {
         rule: String,
     },
@@ -233,6 +242,8 @@ impl Event {
             }
             Event::ScanFailed { rule, error } => format!("{rule}: scan failed: {error}"),
             Event::ScanRecovered { rule } => format!("{rule}: scanning works again"),
+            Event::RuleHalted { rule, reason } => format!("rule {rule:?} held: {reason}"),
+            Event::RuleResumed { rule } => format!("rule {rule:?}: both buckets version again; copies resume"),
             Event::EndpointUnreachable { endpoint, error } => {
                 format!("endpoint {endpoint} is unreachable: {error}")
             }
@@ -279,7 +290,8 @@ pub struct RuleView {
     pub id: String,
     /// `enabled` in the config file.
     pub enabled: bool,
-    /// What the engine recorded: new | enabling | enabled | disabled | deleted
+    /// What the engine recorded: new | enabling | enabled | error (enabled, copies held) |
+    /// disabled | deleted
     pub state: String,
     pub source: String,
     pub destination: String,
@@ -298,6 +310,9 @@ pub struct RuleView {
     pub failed: i64,
     pub replicated_objects: i64,
     pub replicated_bytes: i64,
+    /// Why the rule's copies are held (state `error`), if they are.
+    #[serde(default)]
+    pub error: Option<String>,
     pub migration: Option<MigrationView>,
 }
 

@@ -497,6 +497,13 @@ impl Core {
             if state.state != "enabled" {
                 continue;
             }
+            // Copies and scans wait while either bucket is not versioning: a source version
+            // without an id can change under it, and a destination's unversioned write or delete
+            // replaces what was there for good.
+            if let Some(reason) = self.versioning_halt(rule, &clients).await {
+                errors.push(format!("rule {:?}: held: {reason}", rule.id));
+                continue;
+            }
             let token = self.rule_token(&rule.id);
             let result = match clients.get(&rule.source.endpoint) {
                 Ok(src) => tokio::select! {
@@ -532,6 +539,51 @@ impl Core {
             }
         }
         (queued, errors)
+    }
+
+    /// Reads the versioning of the rule's two buckets, holds the rule's copies (in the store, so
+    /// every reader sees it) while either is not Enabled, and lets them run again once both are.
+    /// Returns why the rule is held. A bucket whose versioning cannot be read (endpoint down)
+    /// changes nothing: copies then fail and back off on their own.
+    pub(super) async fn versioning_halt(&self, rule: &Rule, clients: &Clients) -> Option<String> {
+        let mut reasons = Vec::new();
+        for (role, b) in [("source", &rule.source), ("destination", &rule.destination)] {
+            let Ok(s3) = clients.get(&b.endpoint) else {
+                return None;
+            };
+            match s3.versioning(&b.bucket).await {
+                Ok(status) if status == "Enabled" => {}
+                Ok(status) => reasons.push(format!(
+                    "versioning is {} on the {role} bucket {b}: copies are held until it is Enabled again \
+                     (`aws s3api put-bucket-versioning --bucket {} --versioning-configuration Status=Enabled`); \
+                     nothing is deleted meanwhile",
+                    if status.is_empty() { "off".to_string() } else { status },
+                    b.bucket
+                )),
+                Err(_) => return recorded_halt(&self.store, &rule.id),
+            }
+        }
+        let reason = (!reasons.is_empty()).then(|| reasons.join("; "));
+        match self.store.set_halted(&rule.id, reason.as_deref()) {
+            Ok(true) => match &reason {
+                Some(r) => {
+                    tracing::warn!(rule = %rule.id, "rule held: {r}");
+                    self.emit(Event::RuleHalted {
+                        rule: rule.id.clone(),
+                        reason: r.clone(),
+                    });
+                }
+                None => {
+                    self.emit(Event::RuleResumed { rule: rule.id.clone() });
+                    self.work.notify_waiters();
+                }
+            },
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(rule = %rule.id, error = %format!("{e:#}"), "could not record the rule's versioning hold")
+            }
+        }
+        reason
     }
 
     /// Reads the versioning state of every bucket the rules use, for the snapshot.
@@ -578,4 +630,9 @@ impl Core {
             at: now_ms(),
         });
     }
+}
+
+/// The reason a rule is held, as recorded (None when it runs or cannot be read).
+fn recorded_halt(store: &Store, rule_id: &str) -> Option<String> {
+    store.rule_state(rule_id).ok().flatten().and_then(|s| s.halted)
 }

@@ -317,6 +317,8 @@ fn rule_view(
             enabled: rule.enabled,
             state: if state.state.is_empty() {
                 "new".into()
+            } else if state.state == "enabled" && state.halted.is_some() {
+                "error".into()
             } else {
                 state.state.clone()
             },
@@ -335,6 +337,7 @@ fn rule_view(
             failed: tally.failed.objects,
             replicated_objects: state.replicated_objects,
             replicated_bytes: state.replicated_bytes,
+            error: state.halted.clone().filter(|_| state.state == "enabled"),
             migration,
         },
         figures,

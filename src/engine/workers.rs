@@ -130,6 +130,10 @@ impl Core {
                     },
                     migration: task.migration_id,
                 });
+                if done.dest_version.as_deref().is_none_or(|v| v == "null") {
+                    // The destination kept no version of this write: is it still versioning?
+                    self.versioning_halt(rule, &clients).await;
+                }
                 self.check_drained(rule, &task, src, dst).await;
             }
             Some(Err(CopyError::Gone(why))) => {

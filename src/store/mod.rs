@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS rules (
     disabled_at INTEGER,
     last_sync_point INTEGER,
     replicated_objects INTEGER NOT NULL DEFAULT 0,
-    replicated_bytes INTEGER NOT NULL DEFAULT 0
+    replicated_bytes INTEGER NOT NULL DEFAULT 0,
+    halted TEXT                        -- why the rule's copies are held (e.g. versioning suspended)
 );
 CREATE TABLE IF NOT EXISTS seen (
     rule_id TEXT NOT NULL,
@@ -112,7 +113,7 @@ CREATE TABLE IF NOT EXISTS scans (
 
 /// The layout of the database this crr writes (`PRAGMA user_version`). A database of a later
 /// layout belongs to a newer crr: it is refused, never changed.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Brings a database of an earlier layout (or a new, empty one) to [`SCHEMA_VERSION`].
 fn upgrade(conn: &Connection) -> Result<()> {
@@ -137,17 +138,26 @@ fn upgrade(conn: &Connection) -> Result<()> {
         .is_some();
     let tx = conn.unchecked_transaction()?;
     if has_tasks {
-        // Layout 1 (no version recorded): tasks had no `dest_absent`.
-        let has_column: bool = tx
-            .row(
-                "SELECT 1 FROM pragma_table_info('tasks') WHERE name = 'dest_absent'",
-                [],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some();
-        if !has_column {
-            tx.execute_batch("ALTER TABLE tasks ADD COLUMN dest_absent INTEGER NOT NULL DEFAULT 0")?;
+        // Columns later layouts added: tasks.dest_absent (2), rules.halted (3).
+        for (table, column, ddl) in [
+            (
+                "tasks",
+                "dest_absent",
+                "ALTER TABLE tasks ADD COLUMN dest_absent INTEGER NOT NULL DEFAULT 0",
+            ),
+            ("rules", "halted", "ALTER TABLE rules ADD COLUMN halted TEXT"),
+        ] {
+            let has_column: bool = tx
+                .row(
+                    "SELECT 1 FROM pragma_table_info(?1) WHERE name = ?2",
+                    [table, column],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !has_column {
+                tx.execute_batch(ddl)?;
+            }
         }
     }
     tx.execute_batch(SCHEMA)?;
@@ -556,7 +566,11 @@ mod tests {
                 "    dest_absent INTEGER NOT NULL DEFAULT 0, -- migration: the destination's listing lacked the key\n",
                 "",
             );
-            assert_ne!(first, SCHEMA);
+            let first = first.replace(
+                "    replicated_bytes INTEGER NOT NULL DEFAULT 0,\n    halted TEXT                        -- why the rule's copies are held (e.g. versioning suspended)\n",
+                "    replicated_bytes INTEGER NOT NULL DEFAULT 0\n",
+            );
+            assert!(!first.contains("dest_absent") && !first.contains("halted"));
             conn.execute_batch(&first).unwrap();
             conn.exec(
                 "INSERT INTO tasks (rule_id, generation, kind, key, version_id, size, etag, source_time, state,
@@ -564,9 +578,16 @@ mod tests {
                 [],
             )
             .unwrap();
+            conn.exec(
+                "INSERT INTO rules (rule_id, state, generation) VALUES ('r', 'enabled', 1)",
+                [],
+            )
+            .unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.tasks_in(&["failed"], 10).unwrap().len(), 1);
+        assert_eq!(s.rule_state("r").unwrap().unwrap().halted, None);
+        assert!(s.set_halted("r", Some("versioning is Suspended")).unwrap());
         assert_eq!(s.tally("r", None).failed.objects, 1);
     }
 

@@ -48,7 +48,7 @@ impl Store {
         })
     }
 
-    /// Leases the next runnable task: queued, due, of an enabled rule, and with no earlier
+    /// Leases the next runnable task: queued, due, of an enabled rule not halted, and with no earlier
     /// unfinished task for the same key (per-key order). Real-time changes come first, then the
     /// running migrations' tasks, each in queue order. Every lookup walks the index of queued
     /// tasks from its start, so a claim costs the same with a million tasks queued as with ten.
@@ -361,7 +361,7 @@ impl Store {
 /// will run (not one of a paused migration).
 const RUNNABLE: &str = "AND t.not_before <= ?1
     AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled'
-                AND r.generation = t.generation)
+                AND r.generation = t.generation AND r.halted IS NULL)
     AND NOT EXISTS (SELECT 1 FROM tasks e WHERE e.rule_id = t.rule_id AND e.key = t.key
                     AND e.id != t.id AND (e.state = 'running' OR (e.id < t.id AND e.state = 'queued'
                         AND (e.migration_id IS NULL OR EXISTS (SELECT 1 FROM migrations m

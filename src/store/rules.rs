@@ -15,6 +15,9 @@ pub struct RuleState {
     pub last_sync_point: Option<i64>,
     pub replicated_objects: i64,
     pub replicated_bytes: i64,
+    /// Why the rule's copies are held while it stays enabled (versioning not Enabled on one of
+    /// its buckets); None when they run.
+    pub halted: Option<String>,
 }
 
 /// What disabling a rule dropped.
@@ -33,7 +36,7 @@ impl Store {
                 .db()
                 .row(
                     "SELECT rule_id, state, generation, scope, enable_point, disabled_at, last_sync_point,
-                        replicated_objects, replicated_bytes, destination FROM rules WHERE rule_id = ?1",
+                        replicated_objects, replicated_bytes, destination, halted FROM rules WHERE rule_id = ?1",
                     [id],
                     |r| {
                         Ok(RuleState {
@@ -47,10 +50,22 @@ impl Store {
                             replicated_objects: r.get(7)?,
                             replicated_bytes: r.get(8)?,
                             destination: r.get(9)?,
+                            halted: r.get(10)?,
                         })
                     },
                 )
                 .optional()?)
+        })
+    }
+
+    /// Holds the rule's copies with the reason, or lets them run again (`None`). Returns whether
+    /// that changed anything. Enable point, generation and queue are kept as they are.
+    pub fn set_halted(&self, id: &str, reason: Option<&str>) -> Result<bool> {
+        blocking(|| {
+            Ok(self.db().exec(
+                "UPDATE rules SET halted = ?2 WHERE rule_id = ?1 AND halted IS NOT ?2",
+                params![id, reason],
+            )? > 0)
         })
     }
 
@@ -71,7 +86,7 @@ impl Store {
             tx.exec(
                 "INSERT INTO rules (rule_id, state, generation, scope, destination) VALUES (?1, 'enabling', 1, ?2, ?3)
              ON CONFLICT (rule_id) DO UPDATE SET state = 'enabling', generation = generation + 1, scope = ?2,
-             destination = ?3",
+             destination = ?3, halted = NULL",
                 params![id, scope, destination],
             )?;
             tx.exec("DELETE FROM seen WHERE rule_id = ?1", [id])?;

@@ -321,7 +321,7 @@ impl App {
     pub fn on_event(&mut self, event: Event) {
         let level = match &event {
             Event::TaskFailed { .. } | Event::RuleRefused { .. } | Event::EndpointUnreachable { .. } => Level::Error,
-            Event::ScanFailed { .. } => Level::Warn,
+            Event::ScanFailed { .. } | Event::RuleHalted { .. } => Level::Warn,
             _ => Level::Info,
         };
         if let (Event::PreflightChecked { draft, problems }, Some(Overlay::Editor(e))) = (&event, &mut self.overlay) {

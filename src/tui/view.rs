@@ -231,6 +231,7 @@ fn draw_rules(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
         let (state, style) = match r.state.as_str() {
             _ if r.failed > 0 => (format!("{} !", r.state), theme.rule.failed),
             "enabled" => (r.state.clone(), theme.rule.enabled),
+            "error" => (r.state.clone(), theme.rule.failed),
             "enabling" => (r.state.clone(), theme.rule.enabling),
             _ => (r.state.clone(), theme.rule.disabled),
         };
