@@ -8,6 +8,16 @@ mod validate;
 pub use edit::{RuleDraft, set_rule_enabled, with_rule_enabled, with_rule_saved, without_rule, write_atomically};
 pub use validate::{MAX_PREFIXES, overlaps};
 
+/// The most concurrent object copies `engine.workers` may ask for: each is a task with its
+/// own buffers, and a typo of a few extra digits must not start billions of them.
+pub const MAX_WORKERS: usize = 4096;
+/// The most parts of one object `engine.part_concurrency` may copy at once.
+pub const MAX_PART_CONCURRENCY: usize = 256;
+/// The most attempts `engine.max_attempts` may give a task.
+pub const MAX_ATTEMPTS: u32 = 1000;
+/// The longest `engine.scan_interval` and `engine.stall_timeout`: a day.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
 use serde::Deserialize;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -318,9 +328,30 @@ impl Locator<'_> {
     }
 }
 
+/// The text of a file crr reads (config, keymap, theme), or, when its bytes are not UTF-8, an
+/// error at the line and column of the first byte that is not. `what` names the file's role.
+pub fn text_of(file: &Path, bytes: Vec<u8>, what: &str) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let bytes = e.as_bytes();
+        // Everything before the bad byte is valid UTF-8.
+        let before = std::str::from_utf8(&bytes[..valid]).unwrap_or_default();
+        let (line, column) = line_col(before, valid);
+        ConfigError {
+            file: file.to_path_buf(),
+            line,
+            column,
+            message: format!(
+                "the {what} is not valid UTF-8 (byte 0x{:02x} here): save it as UTF-8",
+                bytes[valid]
+            ),
+        }
+    })
+}
+
 /// Reads and checks the config file. The errors carry file, line and column.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         let hint = if e.kind() == std::io::ErrorKind::NotFound {
             "create it (see the README for an example), or point --config or CRR_CONFIG at it"
         } else {
@@ -333,6 +364,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read the config file: {e}; {hint}"),
         }])
     })?;
+    let text = text_of(path, bytes, "config file").map_err(|e| ConfigErrors(vec![e]))?;
     parse(path, &text)
 }
 
@@ -397,10 +429,23 @@ fn explain_toml_message(msg: &str) -> String {
     }
 }
 
-fn positive(v: Option<Spanned<i64>>, default: i64, name: &str, loc: &Locator, errors: &mut Vec<ConfigError>) -> i64 {
+fn positive(
+    v: Option<Spanned<i64>>,
+    default: i64,
+    max: i64,
+    name: &str,
+    loc: &Locator,
+    errors: &mut Vec<ConfigError>,
+) -> i64 {
     match v {
-        Some(s) if *s.get_ref() < 1 => {
-            errors.push(loc.at(s.span(), format!("engine.{name} must be at least 1")));
+        Some(s) if *s.get_ref() < 1 || *s.get_ref() > max => {
+            errors.push(loc.at(
+                s.span(),
+                format!(
+                    "engine.{name} is {}: it must be at least 1 and at most {max}",
+                    s.get_ref()
+                ),
+            ));
             default
         }
         Some(s) => *s.get_ref(),
@@ -408,18 +453,60 @@ fn positive(v: Option<Spanned<i64>>, default: i64, name: &str, loc: &Locator, er
     }
 }
 
+/// A duration from `min` to [`MAX_INTERVAL`], else an error at its place and the default.
+fn interval(
+    v: Option<Spanned<Dur>>,
+    default: Duration,
+    min: Duration,
+    name: &str,
+    hint: &str,
+    loc: &Locator,
+    errors: &mut Vec<ConfigError>,
+) -> Duration {
+    match v {
+        Some(s) if s.get_ref().0 < min || s.get_ref().0 > MAX_INTERVAL => {
+            errors.push(loc.at(
+                s.span(),
+                format!(
+                    "engine.{name} must be at least {} and at most {}{hint}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(MAX_INTERVAL)
+                ),
+            ));
+            default
+        }
+        Some(s) => s.get_ref().0,
+        None => default,
+    }
+}
+
 fn build_engine(raw: Option<RawEngine>, loc: &Locator, errors: &mut Vec<ConfigError>) -> EngineConfig {
     let d = EngineConfig::default();
     let Some(raw) = raw else { return d };
-    let workers = positive(raw.workers, d.workers as i64, "workers", loc, errors) as usize;
+    let workers = positive(
+        raw.workers,
+        d.workers as i64,
+        MAX_WORKERS as i64,
+        "workers",
+        loc,
+        errors,
+    ) as usize;
     let part_concurrency = positive(
         raw.part_concurrency,
         d.part_concurrency as i64,
+        MAX_PART_CONCURRENCY as i64,
         "part_concurrency",
         loc,
         errors,
     ) as usize;
-    let max_attempts = positive(raw.max_attempts, d.max_attempts as i64, "max_attempts", loc, errors) as u32;
+    let max_attempts = positive(
+        raw.max_attempts,
+        d.max_attempts as i64,
+        MAX_ATTEMPTS as i64,
+        "max_attempts",
+        loc,
+        errors,
+    ) as u32;
     let part_size = match raw.part_size {
         Some(s) if s.get_ref().0 < 5 << 20 || s.get_ref().0 > 5 << 30 => {
             errors.push(loc.at(
@@ -442,25 +529,24 @@ fn build_engine(raw: Option<RawEngine>, loc: &Locator, errors: &mut Vec<ConfigEr
         Some(s) => s.get_ref().0,
         None => d.multipart_threshold,
     };
-    let scan_interval = match raw.scan_interval {
-        Some(s) if s.get_ref().0 < Duration::from_millis(100) => {
-            errors.push(loc.at(s.span(), "engine.scan_interval must be at least 100ms"));
-            d.scan_interval
-        }
-        Some(s) => s.get_ref().0,
-        None => d.scan_interval,
-    };
-    let stall_timeout = match raw.stall_timeout {
-        Some(s) if s.get_ref().0 < Duration::from_secs(1) => {
-            errors.push(loc.at(
-                s.span(),
-                "engine.stall_timeout must be at least 1s, e.g. \"30s\": how long a transfer may move no bytes before it is abandoned",
-            ));
-            d.stall_timeout
-        }
-        Some(s) => s.get_ref().0,
-        None => d.stall_timeout,
-    };
+    let scan_interval = interval(
+        raw.scan_interval,
+        d.scan_interval,
+        Duration::from_millis(100),
+        "scan_interval",
+        "",
+        loc,
+        errors,
+    );
+    let stall_timeout = interval(
+        raw.stall_timeout,
+        d.stall_timeout,
+        Duration::from_secs(1),
+        "stall_timeout",
+        ", e.g. \"30s\": how long a transfer may move no bytes before it is abandoned",
+        loc,
+        errors,
+    );
     EngineConfig {
         workers,
         multipart_threshold,

@@ -26,7 +26,11 @@ fn id_problem(id: &str) -> Option<String> {
         return Some("the rule id is empty: give every rule a unique id".into());
     }
     if id.len() > 255 {
-        return Some(format!("rule id {:?}… is longer than 255 characters", &id[..20]));
+        let start: String = id.chars().take(20).collect();
+        return Some(format!(
+            "rule id {start:?}… is {} bytes long: an id has at most 255",
+            id.len()
+        ));
     }
     if !id
         .chars()

@@ -433,8 +433,11 @@ impl Keymap {
 
     /// The built-in keys merged with the user's file, if it exists.
     pub fn load(user_file: &Path) -> Result<Keymap, ConfigErrors> {
-        match std::fs::read_to_string(user_file) {
-            Ok(text) => Self::build(Some((user_file, &text))),
+        match std::fs::read(user_file) {
+            Ok(bytes) => {
+                let text = crate::config::text_of(user_file, bytes, "keymap").map_err(|e| ConfigErrors(vec![e]))?;
+                Self::build(Some((user_file, &text)))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::built_in(),
             Err(e) => Err(ConfigErrors(vec![ConfigError {
                 file: user_file.to_path_buf(),

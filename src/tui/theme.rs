@@ -286,6 +286,22 @@ impl Theme {
         Ok(if no_color { theme.without_colours() } else { theme })
     }
 
+    /// The built-in default with theme `text` laid over it, as if read from `file` (no
+    /// `NO_COLOR`): what [`Theme::load`] does once it has found the file.
+    pub fn from_text(file: &Path, text: &str) -> Result<Theme, ConfigErrors> {
+        let mut theme = Self::built_in_default().map_err(|e| match e {
+            ThemeError::Invalid(e) => e,
+            other => ConfigErrors(vec![ConfigError {
+                file: file.to_path_buf(),
+                line: 0,
+                column: 0,
+                message: other.to_string(),
+            }]),
+        })?;
+        theme.apply(parse_settings(file, text)?);
+        Ok(theme)
+    }
+
     /// This theme with every colour removed and every modifier kept, so that the selection
     /// (reversed) and emphasis (bold) stay visible under `NO_COLOR`.
     pub fn without_colours(mut self) -> Theme {
@@ -324,8 +340,12 @@ impl Theme {
         let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
         if valid && let Some(dir) = user_dir {
             let file = dir.join(format!("{name}.toml"));
-            match std::fs::read_to_string(&file) {
-                Ok(text) => return Ok((file, text)),
+            match std::fs::read(&file) {
+                Ok(bytes) => {
+                    return crate::config::text_of(&file, bytes, "theme")
+                        .map(|text| (file, text))
+                        .map_err(|e| ThemeError::Invalid(ConfigErrors(vec![e])));
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
                     return Err(ThemeError::Invalid(ConfigErrors(vec![ConfigError {
