@@ -201,9 +201,22 @@ async fn faults_converge(dst_kind: Kind) {
     let done = wait_until(Duration::from_secs(240), || converged(&env, &want)).await;
     let took = started.elapsed();
     let status = env.status_json().await;
+    let mut differ = Vec::new();
+    if !done {
+        for (key, body) in &want {
+            let got = get_bytes(&env.sh, DST, key).await;
+            if got != *body {
+                differ.push(format!(
+                    "{key}: source {:?} bytes, destination {:?} bytes",
+                    body.as_ref().map(Vec::len),
+                    got.as_ref().map(Vec::len)
+                ));
+            }
+        }
+    }
     assert!(
         done,
-        "replication did not converge under faults in {took:?}\nstatus: {status:#}\nqueue:\n{}\n{}",
+        "replication did not converge under faults in {took:?}: {differ:#?}\nstatus: {status}\nqueue:\n{}\n{}",
         env.crr(&["queue"]).await.stdout,
         serve.output()
     );
