@@ -575,6 +575,16 @@ impl CopyCtx<'_> {
             }
         };
         let dest_version = out.version_id().map(str::to_string);
+        // The bytes streamed must be the ones the source's ETag names: a server that neither
+        // checks Content-MD5 nor answers with the MD5 of what it stored (SeaweedFS) would
+        // otherwise keep a body damaged on its way from the source.
+        if src_md5.is_some() && take_md5(&streamed) != md5 {
+            self.discard(task, dest_version.as_deref()).await;
+            return Err(CopyError::Retry(format!(
+                "GetObject {}: the body read does not match the source's ETag; the write was removed",
+                self.src_target(task)
+            )));
+        }
         let verified = self
             .verify_written(
                 task,

@@ -74,6 +74,8 @@ pub struct Plan {
     pub seed: u64,
     pub stall: Duration,
     pub latency: Duration,
+    /// Whether ranged downloads (the parts of a multipart copy) may be corrupted too.
+    pub corrupt_ranges: bool,
 }
 
 impl Plan {
@@ -83,11 +85,17 @@ impl Plan {
             seed: 1,
             stall: Duration::from_secs(4),
             latency: Duration::from_millis(300),
+            corrupt_ranges: true,
         }
     }
 
     pub fn with(mut self, kind: Kind, per_mille: u32) -> Plan {
         self.per_mille.insert(kind, per_mille);
+        self
+    }
+
+    pub fn corrupt_ranges(mut self, on: bool) -> Plan {
+        self.corrupt_ranges = on;
         self
     }
 
@@ -270,7 +278,10 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
         .collect();
     let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let fault = draw(state, shape(&method, &target, length));
+    let mut fault = draw(state, shape(&method, &target, length));
+    if fault == Some(Kind::CorruptBody) && header("range").is_some() && !lock(state).plan.corrupt_ranges {
+        fault = None;
+    }
     let (stall, latency) = {
         let st = lock(state);
         (st.plan.stall, st.plan.latency)
