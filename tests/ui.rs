@@ -81,6 +81,8 @@ fn snapshot() -> Snapshot {
                 reachable: Some(true),
                 last_success: Some(NOW),
                 last_error: None,
+                down_since: None,
+                failed_attempts: 0,
             },
             EndpointView {
                 name: "sh".into(),
@@ -88,6 +90,8 @@ fn snapshot() -> Snapshot {
                 reachable: Some(false),
                 last_success: Some(NOW - 30_000),
                 last_error: Some("connection refused".into()),
+                down_since: Some(NOW - 25_000),
+                failed_attempts: 4,
             },
         ],
         running: vec![RunningCopy {

@@ -368,14 +368,11 @@ pub async fn status(paths: &Paths, json: bool) -> Result<u8> {
         Some(client) => client.snapshot().await?,
         None => crate::engine::offline_snapshot(&config, &Store::open(&paths.state)?)?,
     };
-    let rows = output::status_rows(&snapshot);
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "rules": rows }))?
-        );
+        println!("{}", serde_json::to_string_pretty(&output::status_json(&snapshot))?);
     } else {
-        output::print_status(&rows);
+        output::print_status(&output::status_rows(&snapshot));
+        output::print_endpoints(&output::endpoint_rows(&snapshot));
     }
     Ok(0)
 }

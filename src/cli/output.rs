@@ -67,6 +67,71 @@ pub fn status_rows(snapshot: &Snapshot) -> Vec<Value> {
         .collect()
 }
 
+/// One JSON object per endpoint: whether it answers, and when it last did.
+pub fn endpoint_rows(snapshot: &Snapshot) -> Vec<Value> {
+    snapshot
+        .endpoints
+        .iter()
+        .map(|e| {
+            json!({
+                "name": e.name,
+                "region": e.region,
+                "reachable": e.reachable,
+                "state": endpoint_state(e.reachable),
+                "last_success": e.last_success.map(rfc3339),
+                "down_since": e.down_since.map(rfc3339),
+                "failed_attempts": e.failed_attempts,
+                "last_error": e.last_error,
+            })
+        })
+        .collect()
+}
+
+fn endpoint_state(reachable: Option<bool>) -> &'static str {
+    match reachable {
+        Some(true) => "reachable",
+        Some(false) => "unreachable",
+        None => "unknown",
+    }
+}
+
+/// `crr status --json`: the rules (DESIGN section 7), then the endpoints.
+pub fn status_json(snapshot: &Snapshot) -> Value {
+    json!({ "rules": status_rows(snapshot), "endpoints": endpoint_rows(snapshot) })
+}
+
+/// The endpoints block of `crr status`: one line each, and why one does not answer.
+pub fn print_endpoints(rows: &[Value]) {
+    if rows.is_empty() {
+        return;
+    }
+    println!("endpoints");
+    for e in rows {
+        let last = match &e["last_success"] {
+            Value::Null => "no answer yet".to_string(),
+            v => format!("last success {}", s(v)),
+        };
+        let down = match (&e["state"], &e["down_since"]) {
+            (Value::String(st), Value::String(since)) if st == "unreachable" => format!(
+                ", unreachable since {since} ({} failed attempt(s))",
+                s(&e["failed_attempts"])
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "  {:<12} {:<14} {:<12} {last}{down}",
+            s(&e["name"]),
+            s(&e["region"]),
+            s(&e["state"])
+        );
+        if e["state"] == "unreachable"
+            && let Value::String(err) = &e["last_error"]
+        {
+            println!("  {:<12} error: {err}", "");
+        }
+    }
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),

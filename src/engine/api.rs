@@ -345,6 +345,11 @@ pub struct EndpointView {
     /// Unix milliseconds of the last answer from it.
     pub last_success: Option<i64>,
     pub last_error: Option<String>,
+    /// Unix milliseconds of the first attempt without an answer, while it is unreachable.
+    pub down_since: Option<i64>,
+    /// Attempts without an answer since the last answer.
+    #[serde(default)]
+    pub failed_attempts: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -575,15 +575,30 @@ impl CopyCtx<'_> {
             }
         };
         let dest_version = out.version_id().map(str::to_string);
-        self.verify_written(
-            task,
-            dest_version.as_deref(),
-            out.e_tag(),
-            opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm()),
-            &md5,
-            size,
-        )
-        .await?;
+        // The bytes streamed must be the ones the source's ETag names: a server that neither
+        // checks Content-MD5 nor answers with the MD5 of what it stored (SeaweedFS) would
+        // otherwise keep a body damaged on its way from the source.
+        if src_md5.is_some() && take_md5(&streamed) != md5 {
+            self.discard(task, dest_version.as_deref()).await;
+            return Err(CopyError::Retry(format!(
+                "GetObject {}: the body read does not match the source's ETag; the write was removed",
+                self.src_target(task)
+            )));
+        }
+        let verified = self
+            .verify_written(
+                task,
+                dest_version.as_deref(),
+                out.e_tag(),
+                opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm()),
+                &md5,
+                size,
+            )
+            .await;
+        if let Err(e) = verified {
+            self.discard(task, dest_version.as_deref()).await;
+            return Err(e);
+        }
         Ok(Whole::Done(Copied {
             dest_version,
             bytes: size,
@@ -651,6 +666,37 @@ impl CopyCtx<'_> {
                 hex::encode(md5)
             ))),
             None => self.verify_size(task, version, size).await,
+        }
+    }
+
+    /// Removes the version this attempt just wrote and found wrong: a server that does not
+    /// check Content-MD5 keeps a body damaged on the way, and it must not stay on the
+    /// destination as if it were a replica. Only that exact version id is removed, one crr
+    /// itself created moments ago; replicas and anything else on the destination are never
+    /// deleted. Without a version id (nothing to name) the next attempt's write goes on top.
+    async fn discard(&self, task: &Task, version: Option<&str>) {
+        let Some(version) = version.filter(|v| *v != "null") else {
+            return;
+        };
+        let removed = self
+            .dst
+            .client
+            .delete_object()
+            .bucket(&self.rule.destination.bucket)
+            .key(&task.key)
+            .version_id(version)
+            .send()
+            .await;
+        match removed {
+            Ok(_) => tracing::warn!(
+                task = task.id, key = %task.key, version,
+                "removed the version just written: it failed verification"
+            ),
+            Err(e) => tracing::error!(
+                task = task.id, key = %task.key, version,
+                error = %s3_error("DeleteObject", &self.dst_target(&task.key), e).message,
+                "could not remove a version that failed verification"
+            ),
         }
     }
 
@@ -866,12 +912,16 @@ impl CopyCtx<'_> {
             && final_etag.contains('-')
             && final_etag != expected
         {
+            self.discard(task, dest_version.as_deref()).await;
             return Err(CopyError::Retry(format!(
                 "verification failed for {}: multipart ETag {final_etag}, expected {expected} from the parts sent",
                 self.dst_target(&task.key)
             )));
         }
-        self.verify_size(task, dest_version.as_deref(), size).await?;
+        if let Err(e) = self.verify_size(task, dest_version.as_deref(), size).await {
+            self.discard(task, dest_version.as_deref()).await;
+            return Err(e);
+        }
         Ok(Copied {
             dest_version,
             bytes: size,

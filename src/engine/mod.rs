@@ -151,7 +151,7 @@ impl Engine {
         if requeued > 0 {
             tracing::info!(requeued, "tasks left running by an earlier process are queued again");
         }
-        let health = Health::default();
+        let health = Health::persisted(state_dir);
         let clients = Clients::connect_observed(&config, Some(&health)).await;
         let global_limit = Arc::new(Limiter::new(config.engine.bandwidth_limit));
         let core = Core {

@@ -133,6 +133,8 @@ impl Sampler {
                     reachable: h.reachable,
                     last_success: h.last_success,
                     last_error: h.last_error,
+                    down_since: h.down_since,
+                    failed_attempts: h.failed_attempts,
                 }
             })
             .collect();
@@ -360,15 +362,24 @@ pub fn offline_snapshot(config: &Config, store: &Store) -> Result<Snapshot> {
         }
         rules.push(view);
     }
+    // What the last engine on this state directory knew of each endpoint.
+    let health = crate::s3::health::load(&store.dir);
     Ok(Snapshot {
         rules,
         endpoints: config
             .endpoints
             .iter()
-            .map(|e| EndpointView {
-                name: e.name.clone(),
-                region: e.region.clone(),
-                ..Default::default()
+            .map(|e| {
+                let h = health.get(&e.name).cloned().unwrap_or_default();
+                EndpointView {
+                    name: e.name.clone(),
+                    region: e.region.clone(),
+                    reachable: h.reachable,
+                    last_success: h.last_success,
+                    last_error: h.last_error,
+                    down_since: h.down_since,
+                    failed_attempts: h.failed_attempts,
+                }
             })
             .collect(),
         ..Default::default()

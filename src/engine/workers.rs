@@ -51,6 +51,19 @@ impl Core {
                 return Ok(());
             }
         };
+        // Serving, an endpoint that is down is probed by one task at a time, at growing
+        // intervals; the others wait for it without spending their attempts. (`run --once`
+        // spends them, and reports the tasks failed when the endpoint stays down.)
+        let serving = self.serving.load(Ordering::SeqCst);
+        if serving {
+            for endpoint in [&rule.source.endpoint, &rule.destination.endpoint] {
+                if let Err(at) = self.health.admit(endpoint) {
+                    let why = self.unreachable_reason(endpoint);
+                    self.store.wait_for_endpoint(task.id, &why, at)?;
+                    return Ok(());
+                }
+            }
+        }
         let overwrite = match task.migration_id {
             Some(id) => self
                 .store
@@ -141,6 +154,16 @@ impl Core {
                 self.store.skip(task.id, &why)?;
                 self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
             }
+            Some(Err(CopyError::Retry(why)))
+                if serving
+                    && let Some(down) = [&rule.source.endpoint, &rule.destination.endpoint]
+                        .into_iter()
+                        .find(|e| self.health.is_down(e)) =>
+            {
+                let at = self.health.next_probe(down);
+                tracing::info!(rule = %rule.id, key = %task.key, endpoint = %down, "endpoint unreachable: waiting for it: {why}");
+                self.store.wait_for_endpoint(task.id, &why, at)?;
+            }
             Some(Err(CopyError::Retry(why))) => {
                 if task.attempts >= engine_cfg.max_attempts {
                     tracing::warn!(rule = %rule.id, key = %task.key, attempts = task.attempts, "failed: {why}");
@@ -177,6 +200,16 @@ impl Core {
             self.store.update_sync_point(&rule.id)?;
         }
         Ok(())
+    }
+
+    /// Why a task waits for an endpoint, for the queue's listing.
+    fn unreachable_reason(&self, endpoint: &str) -> String {
+        let h = self.health.get(endpoint);
+        format!(
+            "waiting for endpoint {endpoint:?}, unreachable since {}: {}",
+            h.down_since.map(crate::store::rfc3339).unwrap_or_else(|| "-".into()),
+            h.last_error.unwrap_or_default()
+        )
     }
 
     /// Aborts the multipart upload the task has open, if any, and forgets it.
@@ -306,13 +339,29 @@ impl Core {
             let engine = self.clone();
             let stop = self.draining.clone();
             tokio::spawn(async move {
+                // Scans that keep failing (a source that is down) come less and less often, up to
+                // every 10 s or the scan interval if that is longer.
+                let mut failing = 0u32;
                 loop {
                     let (_, errors) = engine.scan_all().await;
+                    failing = if errors.is_empty() {
+                        0
+                    } else {
+                        failing.saturating_add(1)
+                    };
                     for e in errors {
                         tracing::warn!("{e}");
                     }
+                    let interval = engine.config().engine.scan_interval;
+                    let wait = if failing == 0 {
+                        interval
+                    } else {
+                        interval
+                            .saturating_mul(1 << failing.min(6))
+                            .min(Duration::from_secs(10).max(interval))
+                    };
                     tokio::select! {
-                        _ = tokio::time::sleep(engine.config().engine.scan_interval) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = stop.cancelled() => return,
                     }
                 }

@@ -195,6 +195,20 @@ impl Store {
         })
     }
 
+    /// Puts a task that could not run because an endpoint is down back in the queue until
+    /// `not_before`, without counting the attempt: an outage must not use up a task's attempts.
+    pub fn wait_for_endpoint(&self, id: i64, error: &str, not_before: i64) -> Result<()> {
+        quick(|| {
+            self.move_running(
+                id,
+                State::Queued,
+                "UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), last_error = ?2, not_before = ?3,
+                 updated_at = ?4 WHERE id = ?1 AND state = 'running'",
+                params![id, error, not_before, now_ms()],
+            )
+        })
+    }
+
     pub fn fail(&self, id: i64, error: &str) -> Result<()> {
         quick(|| {
             self.move_running(

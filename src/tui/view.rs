@@ -167,8 +167,18 @@ fn draw_buckets(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
                 Some(false) => ("unreachable", theme.endpoint.unreachable),
                 None => ("not used yet", theme.endpoint.unknown),
             };
-            let detail = match (&e.last_error, e.reachable) {
-                (Some(err), Some(false)) => err.clone(),
+            // Unreachable: when it last answered, and why it does not now.
+            let detail = match e.reachable {
+                Some(false) => {
+                    let last = match e.last_success {
+                        Some(t) => format!("last success {}s ago, {}", (app.now - t).max(0) / 1000, rfc3339(t)),
+                        None => "no answer yet".to_string(),
+                    };
+                    match &e.last_error {
+                        Some(err) => format!("{last}: {err}"),
+                        None => last,
+                    }
+                }
                 _ => String::new(),
             };
             Row::new(vec![
