@@ -244,6 +244,94 @@ async fn socket_traffic(state: &Path, wait: Duration) -> Vec<u8> {
     all
 }
 
+/// The terminal UI in a tmux session of its own (killed on drop), with the probe credentials.
+struct Ui {
+    name: String,
+}
+
+impl Ui {
+    fn start(name: &str, dir: &Path, config: &Path, state: &Path) -> Ui {
+        let name = format!("crr-security-{}-{name}", std::process::id());
+        let line = format!(
+            "env AWS_ACCESS_KEY_ID={ENV_KEY_ID} AWS_SECRET_ACCESS_KEY='{ENV_SECRET}' AWS_EC2_METADATA_DISABLED=true \
+             AWS_CONFIG_FILE={d}/no-aws-config AWS_SHARED_CREDENTIALS_FILE={d}/aws-credentials \
+             XDG_CONFIG_HOME={d}/xdg-config XDG_STATE_HOME={d}/xdg-state \
+             {} --config {} --state {}; echo \"crr exited $?\"; sleep 600",
+            env!("CARGO_BIN_EXE_crr"),
+            config.display(),
+            state.display(),
+            d = dir.display(),
+        );
+        let status = std::process::Command::new("tmux")
+            .args(["new-session", "-d", "-s", &name, "-x", "120", "-y", "40", "-c"])
+            .arg(dir)
+            .arg(line)
+            .status()
+            .expect("tmux is installed (scripts/test installs it)");
+        assert!(status.success(), "tmux new-session failed");
+        Ui { name }
+    }
+
+    fn key(&self, key: &str) {
+        let status = std::process::Command::new("tmux")
+            .args(["send-keys", "-t", &self.name, key])
+            .status()
+            .expect("tmux send-keys");
+        assert!(status.success());
+    }
+
+    fn screen(&self) -> String {
+        let out = std::process::Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.name])
+            .output()
+            .expect("tmux capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    async fn wait_for(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let s = self.screen();
+            if ok(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "the screen never showed {what}:\n{s}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every pane and the help, as drawn, then quits.
+    async fn tour(&self, seen: &mut Seen, title: &str) {
+        self.wait_for(title, |s| s.contains(title)).await;
+        for (key, shows) in [
+            ("1", "gz"),
+            ("2", "photos-dr"),
+            ("3", ""),
+            ("4", ""),
+            ("5", ""),
+            ("?", ""),
+        ] {
+            self.key(key);
+            let screen = self.wait_for(&format!("pane {key}"), |s| s.contains(shows)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            seen.add(format!("the UI ({title}) after {key}"), screen);
+            seen.add(format!("the UI ({title}) a moment later"), self.screen());
+        }
+        self.key("Escape");
+        self.key("q");
+        self.wait_for("the shell again", |s| s.contains("crr exited 0")).await;
+        seen.add(format!("the terminal after the UI ({title})"), self.screen());
+    }
+}
+
+impl Drop for Ui {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("tmux")
+            .args(["kill-session", "-t", &self.name])
+            .status();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_never_leave_crr() {
     let env = Env::start().await;
@@ -282,6 +370,11 @@ async fn credentials_never_leave_crr() {
     assert!(out.stdout.contains("replicated 1 change"), "{}", out.describe());
     seen.output(&out);
 
+    // The terminal UI with the engine in it.
+    Ui::start("embedded", &dir, &config, &state)
+        .tour(&mut seen, "embedded")
+        .await;
+
     // The service, and everything that reads it.
     let mut serve = spawn_serve(&dir, &config, &state, "serve", &[]);
     wait_for("crr serve to listen", Duration::from_secs(60), || {
@@ -317,6 +410,9 @@ async fn credentials_never_leave_crr() {
         let out = crr_at(&dir, &config, &state, args, &[]).await;
         seen.output(&out);
     }
+    Ui::start("attached", &dir, &config, &state)
+        .tour(&mut seen, "attached to crr serve")
+        .await;
     seen.state("while crr serve runs", &state);
     assert_eq!(terminate(&mut serve).await, 0);
     seen.add("serve stdout", std::fs::read(dir.join("serve.stdout")).unwrap());
