@@ -590,32 +590,8 @@ async fn https_with_an_untrusted_certificate_is_refused() {
     let tmp = tempfile::Builder::new().prefix("crr-test-").tempdir().unwrap();
     let dir = tmp.path();
     // moto over TLS with a self-signed certificate it makes up itself.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let log = std::fs::File::create(dir.join("moto-tls.log")).unwrap();
-    let child = std::process::Command::new(common::moto_server_path())
-        .args(["-H", "127.0.0.1", "-p", &port.to_string(), "--ssl"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone().unwrap()))
-        .stderr(Stdio::from(log))
-        .spawn()
-        .expect("spawn moto_server");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _moto = Kill(child);
-    wait_for("moto over TLS to listen", Duration::from_secs(30), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await;
-    let url = format!("https://127.0.0.1:{port}");
+    let moto = TlsMoto::start(dir, None).await;
+    let url = moto.url.clone();
     let config = dir.join("crr.toml");
     let mut text = quiet_config(&url);
     text.push('\n');
@@ -635,4 +611,114 @@ async fn https_with_an_untrusted_certificate_is_refused() {
         out.describe()
     );
     assert!(!out.stderr.contains("plain http to 127.0.0.1"), "{}", out.describe());
+}
+
+/// Writes a self-signed certificate for 127.0.0.1 and its key (with the Python that runs moto,
+/// whose `cryptography` package moto needs anyway).
+fn self_signed_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join("loopback.pem"), dir.join("loopback.key"));
+    let script = r#"
+import datetime, ipaddress, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+key = ec.generate_private_key(ec.SECP256R1())
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crr test loopback")])
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+    .public_key(key.public_key()).serial_number(x509.random_serial_number())
+    .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=2))
+    .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+    .sign(key, hashes.SHA256()))
+open(sys.argv[1], "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+open(sys.argv[2], "wb").write(key.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+"#;
+    let python = common::moto_server_path().with_file_name("python3");
+    let status = std::process::Command::new(&python)
+        .arg("-c")
+        .arg(script)
+        .arg(&cert)
+        .arg(&key)
+        .status()
+        .unwrap_or_else(|e| panic!("run {}: {e}", python.display()));
+    assert!(status.success(), "making a certificate failed");
+    (cert, key)
+}
+
+/// moto over TLS on a loopback port, killed on drop.
+struct TlsMoto {
+    child: std::process::Child,
+    url: String,
+}
+
+impl TlsMoto {
+    async fn start(dir: &Path, cert: Option<(&Path, &Path)>) -> TlsMoto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(dir.join(format!("moto-tls-{port}.log"))).unwrap();
+        let mut cmd = std::process::Command::new(common::moto_server_path());
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        match cert {
+            // Its own certificate, made up on the spot.
+            None => cmd.arg("--ssl"),
+            Some((cert, key)) => cmd.arg("-c").arg(cert).arg("-k").arg(key),
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn moto_server");
+        wait_for("moto over TLS to listen", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        TlsMoto {
+            child,
+            url: format!("https://127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for TlsMoto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_endpoints_are_checked_against_the_system_roots() {
+    let tmp = tempfile::Builder::new().prefix("crr-test-").tempdir().unwrap();
+    let dir = tmp.path();
+    let (cert, key) = self_signed_cert(dir);
+    let moto = TlsMoto::start(dir, Some((&cert, &key))).await;
+    let config = dir.join("crr.toml");
+    let mut text = quiet_config(&moto.url);
+    text.push('\n');
+    text.push_str(&Rule::new("photos-dr", "gz/photos", "sh/photos-dr").to_toml());
+    std::fs::write(&config, text).unwrap();
+    chmod(&config, 0o600);
+    let state = dir.join("state");
+    // Not among the system's roots: refused.
+    let out = crr_at(dir, &config, &state, &["check"], &[]).await;
+    out.assert_code(2);
+    assert!(out.stderr.contains("certificate is not trusted"), "{}", out.describe());
+    // Made one of them (the root store read from SSL_CERT_FILE, as on any system): the
+    // connection is made, and the answer is moto's (the bucket does not exist there).
+    let cert_file = cert.display().to_string();
+    let out = crr_at(dir, &config, &state, &["check"], &[("SSL_CERT_FILE", &cert_file)]).await;
+    out.assert_code(2);
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("gz/photos"))
+        .unwrap_or_else(|| panic!("no line about gz/photos\n{}", out.describe()));
+    assert!(line.contains("does not exist on endpoint \"gz\""), "{}", out.describe());
 }
