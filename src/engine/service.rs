@@ -262,10 +262,7 @@ async fn serve_client(stream: UnixStream, handle: EngineHandle, stop: Cancellati
         }
         match serde_json::from_slice::<ClientMessage>(&buf) {
             Err(e) => {
-                let message = format!(
-                    "line {line_no} is not a message: {}; {EXPECTED}",
-                    clip(e.to_string(), 300)
-                );
+                let message = format!("line {line_no} is unreadable: {}; {EXPECTED}", clip(e.to_string(), 300));
                 if out.send(ServerMessage::Error { message }).await.is_err() {
                     break false;
                 }
