@@ -219,8 +219,9 @@ impl Drop for AuthMoto {
     }
 }
 
-/// Everything a raw client of the socket receives while subscribed for `wait`.
-async fn socket_traffic(state: &Path, wait: Duration) -> Vec<u8> {
+/// Everything a raw client of the socket receives while subscribed, up to a line that holds
+/// `until` (or for `wait` at most).
+async fn socket_traffic(state: &Path, until: &str, wait: Duration) -> Vec<u8> {
     let stream = tokio::net::UnixStream::connect(state.join("crr.sock"))
         .await
         .expect("connect to crr.sock");
@@ -236,7 +237,10 @@ async fn socket_traffic(state: &Path, wait: Duration) -> Vec<u8> {
             let mut line = Vec::new();
             match reader.read_until(b'\n', &mut line).await {
                 Ok(0) | Err(_) => return,
-                Ok(_) => all.extend(line),
+                Ok(_) => all.extend(&line),
+            }
+            if String::from_utf8_lossy(&line).contains(until) {
+                return;
             }
         }
     })
@@ -317,7 +321,9 @@ impl Ui {
             seen.add(format!("the UI ({title}) after {key}"), screen);
             seen.add(format!("the UI ({title}) a moment later"), self.screen());
         }
-        self.key("Escape");
+        // `?` closes the help (Escape followed at once by `q` would read as Alt-q).
+        self.key("?");
+        self.wait_for("the help closed", |s| !s.contains("Esc closes")).await;
         self.key("q");
         self.wait_for("the shell again", |s| s.contains("crr exited 0")).await;
         seen.add(format!("the terminal after the UI ({title})"), self.screen());
@@ -334,7 +340,7 @@ impl Drop for Ui {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_never_leave_crr() {
-    let env = Env::start().await;
+    let mut env = Env::start().await;
     let dir = env.path().to_path_buf();
     write_credentials_file(&dir);
     // The scan finds the secrets where they are.
@@ -383,7 +389,7 @@ async fn credentials_never_leave_crr() {
     .await;
     let traffic = tokio::spawn({
         let state = state.clone();
-        async move { socket_traffic(&state, Duration::from_secs(4)).await }
+        async move { socket_traffic(&state, "task_failed", Duration::from_secs(120)).await }
     });
     put(&env.gz, "photos", "b.txt", "while serving").await;
     let replicated = common::wait_until(Duration::from_secs(60), || async {
@@ -391,10 +397,24 @@ async fn credentials_never_leave_crr() {
     })
     .await;
     assert!(replicated, "b.txt was not replicated while serving");
+    // A failure too: the destination goes away, and a copy fails after its attempts.
+    env.sh.stop();
+    put(&env.gz, "photos", "c.txt", "while the destination is down").await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let out = crr_at(&dir, &config, &state, &["queue", "--failed", "--json"], &[]).await;
+        if out.code == 0 && out.stdout.contains("c.txt") {
+            seen.output(&out);
+            break;
+        }
+        assert!(Instant::now() < deadline, "c.txt never failed\n{}", out.describe());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let traffic = traffic.await.unwrap();
+    let text = String::from_utf8_lossy(&traffic).into_owned();
     assert!(
-        String::from_utf8_lossy(&traffic).contains("\"hello\""),
-        "no socket traffic"
+        text.contains("\"hello\"") && text.contains("task_failed") && text.contains("c.txt"),
+        "the socket's traffic: {text}"
     );
     seen.add("the socket's messages to a subscriber", traffic);
     for args in [

@@ -72,9 +72,10 @@ pub fn create_state_dir(dir: &Path) -> Result<()> {
 }
 
 /// Checks that an existing state directory is closed to other users; `None` when it is (or does
-/// not exist yet), else what an operator should read. crr makes it private itself (mode 700)
-/// when the directory is its own: owned by this user and holding only crr's files. Any other
-/// directory (`--state /tmp`, say) is only named in a warning.
+/// not exist yet), else what an operator should read. crr makes it private itself (takes the
+/// group's and others' permissions away) when the directory is its own: owned by this user and
+/// holding only crr's files. Any other directory (`--state /tmp`, say) is only named in a
+/// warning.
 pub fn check_state_dir(dir: &Path) -> Option<String> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let meta = std::fs::metadata(dir).ok()?;
@@ -89,8 +90,10 @@ pub fn check_state_dir(dir: &Path) -> Option<String> {
         dir.display()
     );
     if ours {
-        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
-            Ok(()) => return Some(format!("{what}; crr made it private (mode 700)")),
+        // Only other users' bits are taken away: a directory made read-only stays so.
+        let private = mode & 0o700;
+        match std::fs::set_permissions(dir, std::fs::Permissions::from_mode(private)) {
+            Ok(()) => return Some(format!("{what}; crr made it private (mode {private:03o})")),
             Err(e) => {
                 return Some(format!(
                     "{what}, and crr could not change it ({e}): run `chmod 700 {}`",
@@ -147,6 +150,12 @@ mod tests {
         let note = check_state_dir(&dir).unwrap();
         assert!(note.contains("mode 755") && note.contains("made it private"), "{note}");
         assert_eq!(mode(&dir), 0o700);
+        // Read-only stays read-only.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+        let note = check_state_dir(&dir).unwrap();
+        assert!(note.contains("mode 555") && note.contains("(mode 500)"), "{note}");
+        assert_eq!(mode(&dir), 0o500);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
 
     #[test]
