@@ -230,6 +230,22 @@ async fn the_socket_survives_hostile_input_and_still_serves() {
     );
     drop(raw);
 
+    // 2b. A client that floods commands and never reads a reply: the service stops reading it
+    //     (its writes block) rather than holding every reply in memory (before that was
+    //     bounded, 200,000 such commands grew it by 260 MiB).
+    let before = rss_kib(pid);
+    let mut flood = Raw::hello(&env).await;
+    let line = b"{\"type\":\"command\",\"id\":1,\"command\":{\"command\":\"enable_rule\",\"id\":\"photos-dr\"}}\n";
+    let lines: Vec<u8> = line.iter().copied().cycle().take(line.len() * 60_000).collect();
+    // Bounded by the service's back-pressure, or by this test's patience.
+    let _ = tokio::time::timeout(Duration::from_secs(5), flood.writer.write_all(&lines)).await;
+    let after = rss_kib(pid);
+    assert!(
+        after < before + 32 * 1024,
+        "the service grew from {before} KiB to {after} KiB while a client sent commands without reading"
+    );
+    drop(flood);
+
     // 3. A client that half-closes (sends its lines, then shuts its writing side, as
     //    `printf ... | nc -U` does) still gets every answer, then the end of the connection.
     let mut half = Raw::hello(&env).await;
@@ -253,7 +269,7 @@ async fn the_socket_survives_hostile_input_and_still_serves() {
         "the reply to the command sent before the half-close: {answers:?}"
     );
 
-    // 4. More connections than the service takes: the first MAX_CLIENTS get a hello, the rest a
+    // 4. More connections than the service takes: at most MAX_CLIENTS get a hello, the rest a
     //    clear error and the end of the connection.
     let mut open = Vec::new();
     let mut turned_away = Vec::new();
@@ -271,8 +287,13 @@ async fn the_socket_survives_hostile_input_and_still_serves() {
             turned_away.push(text);
         }
     }
-    assert_eq!(open.len(), MAX_CLIENTS, "{turned_away:?}");
-    assert_eq!(turned_away.len(), 16);
+    // Connections of the steps above may still be winding down and hold a slot or two.
+    assert!(
+        open.len() <= MAX_CLIENTS && open.len() + 3 >= MAX_CLIENTS,
+        "{} connections taken: {turned_away:?}",
+        open.len()
+    );
+    assert_eq!(turned_away.len(), MAX_CLIENTS + 16 - open.len());
     // Half of them send garbage and go away at once, without reading.
     for mut raw in open.drain(..MAX_CLIENTS / 2) {
         let _ = raw.writer.write_all(b"\x00\x01garbage\n").await;

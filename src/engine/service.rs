@@ -29,6 +29,9 @@ pub const MAX_REQUEST: u64 = 1 << 20;
 /// How many clients may be connected at once; each may hold up to `MAX_REQUEST` bytes.
 pub const MAX_CLIENTS: usize = 64;
 
+/// How many of one client's commands may wait for their replies at once.
+const MAX_IN_FLIGHT: usize = 64;
+
 /// How long the service keeps a closing connection open to deliver what it still owes.
 const FLUSH: Duration = Duration::from_secs(10);
 
@@ -238,6 +241,7 @@ async fn serve_client(stream: UnixStream, handle: EngineHandle, stop: Cancellati
     let mut forwarders = Vec::new();
     let mut buf = Vec::new();
     let mut line_no = 0u64;
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let stopped = loop {
         let line = tokio::select! {
             l = read_line(&mut reader, &mut buf) => l,
@@ -268,11 +272,21 @@ async fn serve_client(stream: UnixStream, handle: EngineHandle, stop: Cancellati
                 }
             }
             Ok(ClientMessage::Command { id, command }) => {
-                // Answered in its own task, so a client may send the next command meanwhile.
+                // Answered in its own task, so a client may send the next command meanwhile; but
+                // no more than MAX_IN_FLIGHT at once: one that sends commands and never reads
+                // its replies is simply no longer read from.
+                let permit = tokio::select! {
+                    p = in_flight.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break false,
+                    },
+                    _ = stop.cancelled() => break true,
+                };
                 let (handle, out) = (handle.clone(), out.clone());
                 tokio::spawn(async move {
                     let reply = handle.send(*command).await;
                     let _ = out.send(ServerMessage::Reply { id, reply }).await;
+                    drop(permit);
                 });
             }
             Ok(ClientMessage::Subscribe { events, snapshots }) => {
