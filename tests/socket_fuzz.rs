@@ -189,6 +189,41 @@ async fn the_socket_survives_hostile_input_and_still_serves() {
             text.len()
         );
     }
+    // Valid lines with a few bytes replaced at random (never by a newline): each gets exactly
+    // one answer, an error or a reply, and nothing else breaks.
+    let valid: &[&[u8]] = &[
+        br#"{"type":"command","id":11,"command":{"command":"enable_rule","id":"photos-dr"}}"#,
+        br#"{"type":"command","id":12,"command":{"command":"migrate","id":"photos-dr","action":"pause"}}"#,
+        br#"{"type":"command","id":13,"command":{"command":"retry","target":{"select":"tasks","ids":[1,2]}}}"#,
+    ];
+    let mut rng = fastrand::Rng::with_seed(0xf022);
+    let mutants = 300;
+    let mut batch = Vec::new();
+    for _ in 0..mutants {
+        let mut l = valid[rng.usize(..valid.len())].to_vec();
+        for _ in 0..rng.usize(1..=3) {
+            let at = rng.usize(..l.len());
+            l[at] = loop {
+                let b = rng.u8(..);
+                if b != b'\n' {
+                    break b;
+                }
+            };
+        }
+        batch.extend(l);
+        batch.push(b'\n');
+    }
+    raw.send(&batch).await;
+    let (mut errors, mut replies) = (0, 0);
+    for _ in 0..mutants {
+        let m = raw.answer().await.expect("an answer to each mutated line");
+        match m["type"].as_str() {
+            Some("error") => errors += 1,
+            Some("reply") => replies += 1,
+            _ => panic!("unexpected answer {m}"),
+        }
+    }
+    assert!(errors > mutants / 2, "{errors} errors, {replies} replies");
     raw.send(b"{\"type\":\"command\",\"id\":7,\"command\":{\"command\":\"enable_rule\",\"id\":\"photos-dr\"}}\n")
         .await;
     let reply = raw.answer().await.expect("a reply");
