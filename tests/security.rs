@@ -482,6 +482,47 @@ async fn credentials_never_leave_crr() {
     seen.assert_clean();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_never_leave_crr_with_seaweedfs_as_the_source() {
+    let env = Env::start_with(common::Kind::Weed, common::Kind::Moto).await;
+    let dir = env.path().to_path_buf();
+    write_credentials_file(&dir);
+    create_bucket(&env.gz, "photos", true).await;
+    create_bucket(&env.sh, "photos-dr", true).await;
+    let config = dir.join("probe.toml");
+    let rules = [
+        Rule::new("photos-dr", "gz/photos", "sh/photos-dr"),
+        // A bucket SeaweedFS does not have: its error comes back through crr.
+        Rule::new("missing", "gz/no-such-bucket", "sh/no-such-dr").enabled(false),
+    ];
+    std::fs::write(&config, probe_config(&env.gz.url, &env.sh.url, &rules)).unwrap();
+    chmod(&config, 0o600);
+    let state = dir.join("probe-state");
+    let mut seen = Seen::default();
+    let out = crr_at(&dir, &config, &state, &["check"], &[]).await;
+    out.assert_code(2);
+    assert!(out.stderr.contains("gz/no-such-bucket"), "{}", out.describe());
+    seen.output(&out);
+    crr_at(&dir, &config, &state, &["run", "--once"], &[]).await.assert_ok();
+    put(&env.gz, "photos", "a.txt", "from SeaweedFS").await;
+    for args in [
+        &["run", "--once"][..],
+        &["status", "--json"],
+        &["queue", "--json"],
+        &["diff", "photos-dr"],
+    ] {
+        let out = crr_at(&dir, &config, &state, args, &[]).await;
+        out.assert_ok();
+        seen.output(&out);
+    }
+    assert_eq!(
+        common::get_bytes(&env.sh, "photos-dr", "a.txt").await.as_deref(),
+        Some(&b"from SeaweedFS"[..])
+    );
+    seen.state("after the runs", &state);
+    seen.assert_clean();
+}
+
 /// A config with no rules whose endpoints are never contacted.
 fn quiet_config(gz_url: &str) -> String {
     let mut text = engine_toml(&common::ConfigOpts::default());
