@@ -243,6 +243,10 @@ async fn serve_client(stream: UnixStream, handle: EngineHandle, stop: Cancellati
     let mut line_no = 0u64;
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let stopped = loop {
+        // Nothing can reach a client whose connection failed: what it sent is not acted on.
+        if out.is_closed() {
+            break false;
+        }
         let line = tokio::select! {
             l = read_line(&mut reader, &mut buf) => l,
             _ = stop.cancelled() => break true,
