@@ -45,6 +45,9 @@ where
     F: FnOnce(Paths) -> Fut,
     Fut: Future<Output = Result<u8>>,
 {
+    for w in file_warnings(&paths) {
+        eprintln!("crr: warning: {w}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -69,8 +72,34 @@ where
     }
 }
 
-fn load(paths: &Paths) -> Result<Config> {
-    Ok(config::load(&paths.config)?)
+/// Loads the config, and warns (on stderr) about endpoints reached over plain http.
+pub(crate) fn load(paths: &Paths) -> Result<Config> {
+    let config = config::load(&paths.config)?;
+    for ep in &config.endpoints {
+        if let Some(w) = crate::s3::plaintext_warning(ep) {
+            eprintln!("crr: warning: {w}");
+        }
+    }
+    Ok(config)
+}
+
+/// What an operator should know about the files crr reads and writes: a config file other
+/// users can read, a state directory open to them (made private when it is crr's own).
+fn file_warnings(paths: &Paths) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut warnings = Vec::new();
+    if let Ok(meta) = std::fs::metadata(&paths.config) {
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_file() && mode & 0o044 != 0 {
+            warnings.push(format!(
+                "the config file {} is readable by other users (mode {mode:03o}): it names your endpoints, buckets and credential profiles; run `chmod 600 {}`",
+                paths.config.display(),
+                paths.config.display()
+            ));
+        }
+    }
+    warnings.extend(crate::store::check_state_dir(&paths.state));
+    warnings
 }
 
 /// A token cancelled by the first SIGINT, SIGTERM or SIGHUP.
@@ -99,12 +128,13 @@ fn on_signal() -> CancellationToken {
 
 /// Sends engine logs to `STATE_DIR/crr.log`, never to the terminal.
 pub(crate) fn init_log(paths: &Paths) -> Result<()> {
-    std::fs::create_dir_all(&paths.state)
-        .with_context(|| format!("creating the state directory {}", paths.state.display()))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    crate::store::create_state_dir(&paths.state)?;
     let path = paths.state.join("crr.log");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&path)
         .with_context(|| format!("opening the log file {}", path.display()))?;
     let _ = tracing_subscriber::fmt()
@@ -348,6 +378,11 @@ pub async fn serve(paths: &Paths) -> Result<u8> {
             println!("crr serve: stopped before the rules were applied; they are applied on the next start");
             return Ok(0);
         }
+    }
+    // Lets the tests see what a panic prints; debug builds only.
+    #[cfg(debug_assertions)]
+    if std::env::var_os("CRR_DEBUG_PANIC").is_some_and(|v| v == "serve") {
+        panic!("a panic asked for by CRR_DEBUG_PANIC=serve (debug builds only)");
     }
     println!(
         "crr serve: replicating; logs in {}; commands on {}; stop with SIGINT or SIGTERM",

@@ -64,6 +64,12 @@ impl ServiceClient {
                 client.version = version;
                 Ok(Some(client))
             }
+            Some(ServerMessage::Error { message }) => {
+                bail!(
+                    "the crr service on {} refused the connection: {message}",
+                    path.display()
+                )
+            }
             other => bail!(
                 "the service on {} did not say hello (it said {other:?})",
                 path.display()

@@ -64,12 +64,21 @@ where
                 None => format!("{c} {m}"),
             }
         }
+        // HEAD answers carry no body, so no error code: the status is what there is.
+        SdkError::ServiceError(_) if status.is_some() => {
+            format!("HTTP {} (the answer names no error code)", status.unwrap_or_default())
+        }
         SdkError::TimeoutError(_) => "timed out".to_string(),
         SdkError::DispatchFailure(d) => {
             let text = chain(&err);
             if text.contains("loading credentials") {
                 format!(
                     "no usable credentials ({text}); set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or `profile` on the endpoint"
+                )
+            } else if text.contains("certificate") {
+                // rustls refused the server's certificate (https endpoints only).
+                format!(
+                    "TLS: the server's certificate is not trusted ({text}); crr checks https endpoints against the system's root certificates (or those SSL_CERT_FILE / SSL_CERT_DIR name): add the CA that signed it there, or fix the endpoint's url"
                 )
             } else if text.contains("minimum throughput") {
                 // The SDK's stalled-stream protection gave up on a body that stopped moving.
@@ -112,6 +121,8 @@ pub(crate) fn chain(e: &dyn std::error::Error) -> String {
 pub struct S3 {
     pub endpoint: String,
     pub region: String,
+    /// The endpoint's `url`, when the config sets one.
+    pub url: Option<String>,
     pub client: Client,
     /// The same client for requests whose body crr streams (PutObject, UploadPart): without a
     /// read timeout, which would run from the start of the request to the first byte of the
@@ -149,6 +160,42 @@ impl Clients {
         self.0
             .get(endpoint)
             .ok_or_else(|| S3Error::new(format!("unknown endpoint {endpoint:?}")))
+    }
+}
+
+/// A warning when requests to the endpoint would cross a network unencrypted: a plain
+/// `http://` URL whose host is not loopback (127.0.0.0/8, ::1, localhost). Requests are signed,
+/// so the secret key never travels, but object data, metadata and the access key id would.
+pub fn plaintext_warning(ep: &Endpoint) -> Option<String> {
+    let url = ep.url.as_deref()?;
+    let rest = url
+        .get(..7)
+        .filter(|scheme| scheme.eq_ignore_ascii_case("http://"))
+        .map(|_| &url[7..])?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit('@').next().unwrap_or("");
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host_port.split(':').next().unwrap_or(""),
+    };
+    if is_loopback(host) {
+        return None;
+    }
+    Some(format!(
+        "endpoint {:?} uses plain http to {host} ({url}): object data and request headers cross the network unencrypted; use an https:// url",
+        ep.name
+    ))
+}
+
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => v4.is_loopback(),
+        Ok(std::net::IpAddr::V6(v6)) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        Err(_) => false,
     }
 }
 
@@ -202,6 +249,9 @@ impl S3 {
         if let Some(url) = &ep.url {
             builder = builder.endpoint_url(url);
         }
+        if let Some(w) = plaintext_warning(ep) {
+            tracing::warn!("{w}");
+        }
         if let Some(h) = health {
             builder = builder.interceptor(h.observer(&ep.name));
         }
@@ -218,6 +268,7 @@ impl S3 {
         S3 {
             endpoint: ep.name.clone(),
             region: ep.region.clone(),
+            url: ep.url.clone(),
             client: Client::from_conf(config),
             streaming: Client::from_conf(streaming),
             tag_counts: Default::default(),
@@ -226,13 +277,19 @@ impl S3 {
 
     /// Succeeds when the bucket exists and these credentials may use it.
     pub async fn head_bucket(&self, bucket: &str) -> Result<(), S3Error> {
+        // The first request preflight makes: its error names the url too, which is what a
+        // connection or TLS failure is about.
+        let target = match &self.url {
+            Some(url) => format!("{}/{bucket} ({url})", self.endpoint),
+            None => format!("{}/{bucket}", self.endpoint),
+        };
         self.client
             .head_bucket()
             .bucket(bucket)
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| s3_error("HeadBucket", &format!("{}/{bucket}", self.endpoint), e))
+            .map_err(|e| s3_error("HeadBucket", &target, e))
     }
 
     /// The names of the buckets these credentials can list (at most `limit`).
@@ -661,6 +718,49 @@ mod tests {
             delete_marker: dm,
             list_index: idx,
         }
+    }
+
+    fn endpoint(url: &str) -> Endpoint {
+        Endpoint {
+            name: "gz".into(),
+            region: "ap-guangzhou".into(),
+            url: Some(url.into()),
+            path_style: true,
+            profile: None,
+            line: 1,
+        }
+    }
+
+    #[test]
+    fn plain_http_beyond_loopback_draws_a_warning() {
+        for quiet in [
+            "http://127.0.0.1:9000",
+            "http://127.8.9.10",
+            "HTTP://localhost:9000/",
+            "http://[::1]:9000",
+            "http://[::ffff:127.0.0.1]:80",
+            "http://user@localhost.:9000",
+            "https://10.0.0.5:9000",
+            "https://s3.example.com",
+        ] {
+            assert_eq!(plaintext_warning(&endpoint(quiet)), None, "{quiet}");
+        }
+        for loud in [
+            "http://10.0.0.5:9000",
+            "http://s3.example.com",
+            "http://[2001:db8::1]:9000/",
+            "http://127.0.0.1.example.com",
+            "http://localhost@10.0.0.5",
+        ] {
+            let w = plaintext_warning(&endpoint(loud)).unwrap_or_else(|| panic!("no warning for {loud}"));
+            assert!(
+                w.contains("\"gz\"") && w.contains(loud) && w.contains("https://"),
+                "{w}"
+            );
+        }
+        let mut default_url = endpoint("");
+        default_url.url = None;
+        assert_eq!(plaintext_warning(&default_url), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ mod scans;
 pub mod tally;
 mod uploads;
 
-pub use lock::{EngineLock, LockHeld};
+pub use lock::{EngineLock, LockHeld, check_state_dir, create_state_dir};
 pub use migrations::{Migration, MigrationFigures};
 pub use queue::Backlog;
 pub use rules::{Disabled, RuleState};
@@ -395,7 +395,7 @@ fn drop_unfinished(
 impl Store {
     /// Opens (creating if needed) the state database in `dir`.
     pub fn open(dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating the state directory {}", dir.display()))?;
+        lock::create_state_dir(dir)?;
         let path = dir.join("crr.db");
         let conn = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;

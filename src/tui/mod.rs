@@ -95,7 +95,7 @@ impl Backend {
 
 /// Runs the UI until the user quits; the exit status.
 pub async fn run(paths: &Paths, theme_flag: Option<String>) -> Result<u8> {
-    let config = crate::config::load(&paths.config)?;
+    let config = crate::cli::load(paths)?;
     let name = theme_flag.or(config.theme.clone()).unwrap_or_else(|| "default".into());
     let theme = Theme::load(&name, Some(&theme::user_theme_dir())).map_err(|e| Invalid(e.to_string()))?;
     let keymap = Keymap::load(&keymap::user_keymap_path())?;
