@@ -19,7 +19,7 @@ pub use rules::{Disabled, RuleState};
 pub use tally::{Count, State, Tally};
 use tally::{Tallies, TallyKey};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, anyhow};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -165,6 +165,30 @@ fn upgrade(conn: &Connection) -> Result<()> {
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
+}
+
+/// The error for a state database crr cannot use. A damaged file is named as such, with a way
+/// forward; crr never overwrites or recreates it, since it holds every rule's enable point and
+/// the queue.
+fn damaged(e: anyhow::Error, path: &Path) -> anyhow::Error {
+    let unreadable = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<rusqlite::Error>()
+                .and_then(rusqlite::Error::sqlite_error_code),
+            Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+        )
+    });
+    if unreadable {
+        anyhow!(
+            "{}: the state database is damaged or is not a crr database ({e:#}); crr left it as it \
+             is. Restore it from a backup, or move it (with crr.db-wal and crr.db-shm) aside to \
+             start afresh: the rules are then enabled again at a new enable point, and changes \
+             made meanwhile are found only by a migration",
+            path.display()
+        )
+    } else {
+        e.context(format!("preparing {}", path.display()))
+    }
 }
 
 pub fn now_ms() -> i64 {
@@ -398,18 +422,22 @@ impl Store {
         lock::create_state_dir(dir)?;
         let path = dir.join("crr.db");
         let conn = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.set_prepared_statement_cache_capacity(128);
-        // Before anything else changes the file: a newer crr's database is left as it is.
-        upgrade(&conn).with_context(|| format!("preparing {}", path.display()))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        let store = Store {
-            conn: Mutex::new(conn),
-            tally: Mutex::new(Tallies::default()),
-            dir: dir.to_path_buf(),
+        let ready = || -> Result<Store> {
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            conn.set_prepared_statement_cache_capacity(128);
+            // Before anything else changes the file: a newer crr's database is left as it is.
+            upgrade(&conn)?;
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            Ok(Store {
+                conn: Mutex::new(conn),
+                tally: Mutex::new(Tallies::default()),
+                dir: dir.to_path_buf(),
+            })
         };
-        store.reload_tally()?;
+        let store = ready().map_err(|e| damaged(e, &path))?;
+        // Reads the whole queue: a damaged page shows here, before crr writes anything.
+        store.reload_tally().map_err(|e| damaged(e, &path))?;
         Ok(store)
     }
 
@@ -553,6 +581,38 @@ mod tests {
         let err = format!("{:#}", Store::open(dir.path()).err().expect("refused"));
         assert!(err.contains("newer crr") && err.contains("crr.db"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), before, "the database was changed");
+    }
+
+    #[test]
+    fn a_damaged_database_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crr.db");
+        for garbage in [
+            b"this is not a database, it is a note somebody wrote here".to_vec(),
+            // A real database's header with its pages overwritten.
+            {
+                drop(Store::open(dir.path()).unwrap());
+                let mut bytes = std::fs::read(&path).unwrap();
+                for b in bytes.iter_mut().skip(100) {
+                    *b = 0xA5;
+                }
+                let _ = std::fs::remove_file(dir.path().join("crr.db-wal"));
+                let _ = std::fs::remove_file(dir.path().join("crr.db-shm"));
+                bytes
+            },
+        ] {
+            std::fs::write(&path, &garbage).unwrap();
+            let err = format!("{:#}", Store::open(dir.path()).err().expect("refused"));
+            assert!(
+                err.contains("crr.db") && err.contains("damaged") && err.contains("aside"),
+                "{err}"
+            );
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                garbage,
+                "the damaged database was changed"
+            );
+        }
     }
 
     #[test]
