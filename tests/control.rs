@@ -778,12 +778,13 @@ async fn bucket_versioning_is_shown_and_enabled_through_the_handle() {
 }
 
 /// The UI's logic driven by keys against the engine and two real servers: a copy fails while
-/// the destination is down, shows in the queue pane with its reason, and `r` on it retries it.
+/// the destination bucket is missing, shows in the queue pane with its reason, and `r` on it
+/// retries it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_ui_retries_a_failed_task_with_r() {
     use crr::tui::app::{App, Effect, Mode, QueueRow};
     use crr::tui::keymap::Action;
-    let mut env = Env::start().await;
+    let env = Env::start().await;
     buckets(&env).await;
     env.write_config(&[rule()]);
     let engine = open(&env).await;
@@ -794,8 +795,15 @@ async fn the_ui_retries_a_failed_task_with_r() {
         let (e, stop) = (engine.clone(), stop.clone());
         tokio::spawn(async move { e.serve(stop).await })
     };
-    let sh_port = env.sh.port;
-    env.sh.stop();
+    // The destination answers but has lost its bucket: copies fail and use up their attempts.
+    // (An endpoint that does not answer at all makes them wait instead; tests/faults.rs.)
+    env.sh
+        .client
+        .delete_bucket()
+        .bucket("dst-bucket")
+        .send()
+        .await
+        .expect("delete the destination bucket");
     put(&env.gz, "src-bucket", "unlucky.txt", "retry me").await;
 
     let mut app = App::new(Mode::Embedded, crr::store::now_ms());
@@ -822,7 +830,6 @@ async fn the_ui_retries_a_failed_task_with_r() {
     assert!(!failure.reason.is_empty());
     assert!(matches!(app.queue_rows().first(), Some(QueueRow::Failed(_))));
 
-    env.sh = common::Moto::start_on("sh", &env.sh.region.clone(), env.path(), sh_port).await;
     create_bucket(&env.sh, "dst-bucket", true).await;
     let effects = app.on_action(Action::Retry);
     let [Effect::Send(command)] = effects.as_slice() else {

@@ -330,8 +330,18 @@ async fn random_change(env: &Env, rng: &Rng, n: u64) {
     let large_key = LARGE_KEYS[rng.range(0, LARGE_KEYS.len() as u64) as usize];
     let small_body = |n: u64| pseudo_random_bytes(rng.range(0, 64 * 1024) as usize, n);
     match rng.range(0, 100) {
-        0..45 => {
+        0..30 => {
             put(gz, SRC, small_key, small_body(n)).await;
+        }
+        30..45 => {
+            // With headers, metadata and tags that change from write to write.
+            let opts = PutOpts {
+                content_type: Some(format!("text/x-soak-{n}")),
+                metadata: pairs(&[("write", &n.to_string()), ("who", "soak")]),
+                tags: pairs(&[("write", &n.to_string())]),
+                ..Default::default()
+            };
+            put_with(gz, SRC, small_key, small_body(n), &opts).await;
         }
         45..60 => {
             let len = rng.range(5 * 1024 * 1024 + 1, 11 * 1024 * 1024) as usize;
@@ -372,6 +382,21 @@ async fn compare_current(env: &Env) -> Vec<String> {
                 d.len()
             )),
         };
+        // The same bytes must come with the same headers, metadata and tags.
+        let problem = problem.or(match (&src, &dst) {
+            (Some(_), Some(_)) => {
+                let (s, d) = (head(&env.gz, SRC, key).await, head(&env.sh, DST, key).await);
+                let (s, d) = (
+                    s.map(|h| (h.content_type, h.metadata)),
+                    d.map(|h| (h.content_type, h.metadata)),
+                );
+                let (st, dt) = (tags(&env.gz, SRC, key).await, tags(&env.sh, DST, key).await);
+                (s != d || st != dt).then(|| {
+                    format!("{key}: same bytes, other headers or tags: source {s:?} {st:?}, destination {d:?} {dt:?}")
+                })
+            }
+            _ => None,
+        });
         if let Some(p) = problem {
             let history = |entries: Vec<VersionEntry>| -> Vec<String> {
                 entries
@@ -460,6 +485,7 @@ async fn survives_sigkill(source: Kind, destination: Kind) {
     let code = serve.terminate(Duration::from_secs(30)).await;
     assert_eq!(code, 0, "crr serve should exit 0 on SIGTERM\n{}", serve.output());
 
+    let last_write = std::time::SystemTime::now();
     let out = env.crr(&["run", "--once"]).await;
     let mut problems = Vec::new();
     if out.code != 0 {
@@ -472,6 +498,21 @@ async fn survives_sigkill(source: Kind, destination: Kind) {
         ));
     }
     problems.extend(compare_current(&env).await);
+    let status = env.rule_status("soak").await;
+    if status["failed_tasks"] != 0 {
+        problems.push(format!("`crr status` shows failed tasks: {status}"));
+    }
+    let synced = status["last_sync_point"]
+        .as_str()
+        .and_then(|t| humantime::parse_rfc3339(t).ok());
+    // The sync point has a resolution of a second.
+    if synced.is_none_or(|t| t + Duration::from_secs(1) < last_write) {
+        problems.push(format!(
+            "the last sync point {:?} is before the last write ({})",
+            status["last_sync_point"],
+            humantime::format_rfc3339_millis(last_write)
+        ));
+    }
     let open = open_uploads(&env.sh, DST).await;
     if !open.is_empty() {
         problems.push(format!("multipart uploads left open on the destination: {open:?}"));

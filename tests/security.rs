@@ -221,6 +221,35 @@ impl Drop for AuthMoto {
 
 /// Everything a raw client of the socket receives while subscribed, up to a line that holds
 /// `until` (or for `wait` at most).
+/// Deletes every version in `bucket`, then the bucket.
+async fn remove_bucket(s3: &common::Server, bucket: &str) {
+    let listed = s3
+        .client
+        .list_object_versions()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("list the bucket's versions");
+    let versions = listed.versions().iter().map(|v| (v.key(), v.version_id()));
+    let markers = listed.delete_markers().iter().map(|m| (m.key(), m.version_id()));
+    for (key, version) in versions.chain(markers) {
+        s3.client
+            .delete_object()
+            .bucket(bucket)
+            .key(key.unwrap_or_default())
+            .set_version_id(version.map(str::to_string))
+            .send()
+            .await
+            .expect("delete a version");
+    }
+    s3.client
+        .delete_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .expect("delete the bucket");
+}
+
 async fn socket_traffic(state: &Path, until: &str, wait: Duration) -> Vec<u8> {
     let stream = tokio::net::UnixStream::connect(state.join("crr.sock"))
         .await
@@ -340,7 +369,7 @@ impl Drop for Ui {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_never_leave_crr() {
-    let mut env = Env::start().await;
+    let env = Env::start().await;
     let dir = env.path().to_path_buf();
     write_credentials_file(&dir);
     // The scan finds the secrets where they are.
@@ -397,8 +426,9 @@ async fn credentials_never_leave_crr() {
     })
     .await;
     assert!(replicated, "b.txt was not replicated while serving");
-    // A failure too: the destination goes away, and a copy fails after its attempts.
-    env.sh.stop();
+    // A failure too: the destination bucket goes away, and a copy fails after its attempts. (A
+    // destination that does not answer at all makes copies wait instead, failing none.)
+    remove_bucket(&env.sh, "photos-dr").await;
     put(&env.gz, "photos", "c.txt", "while the destination is down").await;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

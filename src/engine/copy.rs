@@ -675,18 +675,33 @@ impl CopyCtx<'_> {
     /// itself created moments ago; replicas and anything else on the destination are never
     /// deleted. Without a version id (nothing to name) the next attempt's write goes on top.
     async fn discard(&self, task: &Task, version: Option<&str>) {
+        // Whether or not it can be removed, the next attempt must not take it for a replica
+        // that landed (a server that echoes Content-MD5 as the ETag would vouch for it).
+        if let Err(e) = self.store.forget_replica(task.id) {
+            tracing::error!(task = task.id, key = %task.key, error = %format!("{e:#}"), "could not forget a write that failed verification");
+        }
         let Some(version) = version.filter(|v| *v != "null") else {
             return;
         };
-        let removed = self
-            .dst
-            .client
-            .delete_object()
-            .bucket(&self.rule.destination.bucket)
-            .key(&task.key)
-            .version_id(version)
-            .send()
-            .await;
+        let mut removed = Ok(());
+        for attempt in 0..3u32 {
+            if attempt > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
+            }
+            removed = self
+                .dst
+                .client
+                .delete_object()
+                .bucket(&self.rule.destination.bucket)
+                .key(&task.key)
+                .version_id(version)
+                .send()
+                .await
+                .map(|_| ());
+            if removed.is_ok() {
+                break;
+            }
+        }
         match removed {
             Ok(_) => tracing::warn!(
                 task = task.id, key = %task.key, version,

@@ -5,7 +5,7 @@
 //! unreachable, one task at a time probes it, at growing intervals, and the others wait without
 //! spending their attempts (`Health::admit`).
 //!
-//! The last known state is also kept in `STATE_DIR/endpoints.json`, so that `crr status` run
+//! The last known state is also kept in `STATE_DIR/crr.endpoints.json`, so that `crr status` run
 //! when no engine is running can still say when each endpoint last answered.
 
 use aws_sdk_s3::config::interceptors::FinalizerInterceptorContextRef;
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// The file in the state directory that keeps the endpoints' last known health.
-pub const FILE: &str = "endpoints.json";
+pub const FILE: &str = "crr.endpoints.json";
 /// The first wait of the outage gate, doubled after each failed probe up to [`GATE_MAX_MS`].
 const GATE_FIRST_MS: i64 = 1_000;
 const GATE_MAX_MS: i64 = 30_000;

@@ -40,6 +40,15 @@ impl Store {
         })
     }
 
+    /// Forgets what the task wrote: that write was found wrong, and a later attempt must copy
+    /// again rather than find it "already there".
+    pub fn forget_replica(&self, task_id: i64) -> Result<()> {
+        quick(|| {
+            self.db().exec("DELETE FROM replicas WHERE task_id = ?1", [task_id])?;
+            Ok(())
+        })
+    }
+
     /// Sets the ETag the task's replica is expected to get.
     pub fn set_replica_etag(&self, task_id: i64, etag: &str) -> Result<()> {
         quick(|| {
