@@ -206,9 +206,13 @@ async fn faults_converge(dst_kind: Kind) {
     let status = env.status_json().await;
     let mut differ = Vec::new();
     if !done {
+        let log = std::fs::read_to_string(env.state_dir.join("crr.log")).unwrap_or_default();
         for (key, body) in &want {
             let got = get_bytes(&env.sh, DST, key).await;
             if got != *body {
+                for line in log.lines().filter(|l| l.contains(key.as_str())) {
+                    differ.push(format!("  crr.log: {line}"));
+                }
                 differ.push(format!(
                     "{key}: source {:?} bytes, destination {:?} bytes",
                     body.as_ref().map(Vec::len),

@@ -199,9 +199,9 @@ pub fn base64(bytes: &[u8]) -> String {
 /// How a whole-object PUT ended.
 enum Whole {
     Done(Copied),
-    /// The source's ETag looked like an MD5 but is not the MD5 of the bytes it sends: the
-    /// destination refused them against it. Nothing was written.
-    EtagNotMd5,
+    /// The source's ETag looked like an MD5 but is not the MD5 of the bytes it sent (given):
+    /// the destination refused them against it. Nothing was written.
+    EtagNotMd5([u8; 16]),
 }
 
 /// Tags in the form the `x-amz-tagging` header takes: `k1=v1&k2=v2`, URL-encoded.
@@ -439,17 +439,17 @@ impl CopyCtx<'_> {
     }
 
     async fn single(&self, task: &Task) -> Result<Copied, CopyError> {
-        match self.put_whole(task, false).await? {
+        match self.put_whole(task, None).await? {
             Whole::Done(copied) => Ok(copied),
-            Whole::EtagNotMd5 => {
+            Whole::EtagNotMd5(first_read) => {
                 tracing::info!(
                     task = task.id,
                     key = %task.key,
                     "the source's ETag is not the MD5 of its bytes: sending them again with their own MD5"
                 );
-                match self.put_whole(task, true).await? {
+                match self.put_whole(task, Some(first_read)).await? {
                     Whole::Done(copied) => Ok(copied),
-                    Whole::EtagNotMd5 => Err(CopyError::Retry(format!(
+                    Whole::EtagNotMd5(_) => Err(CopyError::Retry(format!(
                         "PutObject {}: the destination refused the body against its own MD5",
                         self.dst_target(&task.key)
                     ))),
@@ -458,9 +458,13 @@ impl CopyCtx<'_> {
         }
     }
 
-    /// One PUT of the whole version. Streamed when the source's ETag gives the MD5 (and
-    /// `buffer` is false); otherwise read into memory first (at most the multipart threshold).
-    async fn put_whole(&self, task: &Task, buffer: bool) -> Result<Whole, CopyError> {
+    /// One PUT of the whole version. Streamed when the source's ETag gives the MD5 and no
+    /// earlier read is given; otherwise read into memory first (at most the multipart
+    /// threshold). `first_read` is the MD5 of the bytes an earlier attempt read, which did not
+    /// match the source's ETag: this read must give the same bytes, or they were damaged on the
+    /// way and nothing is written.
+    async fn put_whole(&self, task: &Task, first_read: Option<[u8; 16]>) -> Result<Whole, CopyError> {
+        let buffer = first_read.is_some();
         let got = self
             .src
             .client
@@ -510,6 +514,12 @@ impl CopyCtx<'_> {
                     .read_source(task, got.body, size, None, &Activity::new(size))
                     .await?;
                 let md5 = md5_of(&bytes);
+                if first_read.is_some_and(|first| first != md5) {
+                    return Err(CopyError::Retry(format!(
+                        "GetObject {}: two reads of the body gave different bytes: damaged on the way",
+                        self.src_target(task)
+                    )));
+                }
                 let body = Metered::watched(
                     ByteStream::from(bytes),
                     task.id,
@@ -563,8 +573,15 @@ impl CopyCtx<'_> {
             Err(e) => {
                 let e = s3_error("PutObject", &self.dst_target(&task.key), e);
                 if e.is_code("BadDigest") && src_md5.is_some() {
-                    if take_md5(&streamed) != md5 {
-                        return Ok(Whole::EtagNotMd5);
+                    let read = take_md5(&streamed);
+                    if read != md5 && !self.src.etag_is_md5.load(Ordering::Relaxed) {
+                        return Ok(Whole::EtagNotMd5(read));
+                    }
+                    if read != md5 {
+                        return Err(CopyError::Retry(format!(
+                            "GetObject {}: the body read does not match the source's ETag (damaged on the way), so the destination refused it",
+                            self.src_target(task)
+                        )));
                     }
                     return Err(CopyError::Retry(format!(
                         "{}: the body did not arrive as it was sent (its Content-MD5 did not match), so the destination refused it",
@@ -578,7 +595,9 @@ impl CopyCtx<'_> {
         // The bytes streamed must be the ones the source's ETag names: a server that neither
         // checks Content-MD5 nor answers with the MD5 of what it stored (SeaweedFS) would
         // otherwise keep a body damaged on its way from the source.
-        if src_md5.is_some() && take_md5(&streamed) != md5 {
+        if src_md5.is_some() && take_md5(&streamed) == md5 {
+            self.src.etag_is_md5.store(true, Ordering::Relaxed);
+        } else if src_md5.is_some() {
             self.discard(task, dest_version.as_deref()).await;
             return Err(CopyError::Retry(format!(
                 "GetObject {}: the body read does not match the source's ETag; the write was removed",

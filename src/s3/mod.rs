@@ -133,6 +133,9 @@ pub struct S3 {
     /// Whether this endpoint's GetObject answers can be trusted to leave out the tag count
     /// only for untagged objects; shared by every clone of the client.
     pub tag_counts: std::sync::Arc<tag_count::TagCounts>,
+    /// Set once a plain object's bytes read from this endpoint matched its MD5-like ETag: from
+    /// then on a read that does not match is damage on the way, never an ETag that is no MD5.
+    pub etag_is_md5: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Clients for every endpoint of the config, by endpoint name.
@@ -272,6 +275,7 @@ impl S3 {
             client: Client::from_conf(config),
             streaming: Client::from_conf(streaming),
             tag_counts: Default::default(),
+            etag_is_md5: Default::default(),
         }
     }
 

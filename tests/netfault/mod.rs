@@ -32,7 +32,7 @@ pub enum Kind {
     /// The server's answer is forwarded up to the middle of its body, then the connection is
     /// closed cleanly: fewer bytes than its Content-Length.
     TruncatedBody,
-    /// One byte in the middle of the answer's body is flipped.
+    /// One byte of the answer's body, at a random place, is changed.
     CorruptBody,
     /// The answer stops half-way through its body for `Plan::stall` before the connection
     /// closes.
@@ -368,7 +368,12 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
     match fault {
         Some(Kind::CorruptBody) if ok && !answer.is_empty() => {
             injected(state, Kind::CorruptBody);
-            answer[half] ^= 0x20;
+            // Damage lands anywhere, differently each time, as it does on a real network.
+            let (at, mask) = {
+                let mut st = lock(state);
+                (st.rng.usize(0..answer.len()), st.rng.u8(1..=255))
+            };
+            answer[at] ^= mask;
             client.write_all(&answer).await?;
         }
         Some(Kind::ResetMidBody) if ok && half > 0 => {
