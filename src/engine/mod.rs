@@ -96,6 +96,11 @@ pub struct Core {
     /// Per rule: cancelled when the rule stops, to end its enabling and its scan.
     rule_tokens: Mutex<HashMap<String, CancellationToken>>,
     scan_failing: Mutex<HashSet<String>>,
+    /// Tasks whose outcome could not be written (state directory full or read-only): given
+    /// back to the queue as soon as the store takes writes again.
+    unreleased: Mutex<Vec<i64>>,
+    /// The store refuses writes: no new copies start until it takes them again.
+    store_failing: AtomicBool,
     work: Notify,
     /// Stop claiming new tasks (graceful shutdown).
     draining: CancellationToken,
@@ -170,6 +175,8 @@ impl Engine {
             probe: Notify::new(),
             rule_tokens: Mutex::new(HashMap::new()),
             scan_failing: Mutex::new(HashSet::new()),
+            unreleased: Mutex::new(Vec::new()),
+            store_failing: AtomicBool::new(false),
             config: RwLock::new(Arc::new(config)),
             clients: RwLock::new(clients),
             store,

@@ -232,17 +232,25 @@ impl Core {
             if self.draining.is_cancelled() {
                 return;
             }
-            let claimed = blocking(|| self.store.claim(now_ms()));
+            let claimed = self
+                .release_unreleased()
+                .and_then(|()| blocking(|| self.store.claim(now_ms())));
+            if claimed.is_ok() && self.store_failing.swap(false, Ordering::SeqCst) {
+                self.emit(Event::Notice {
+                    message: "the state database takes writes again: copies resume".into(),
+                });
+            }
             match claimed {
                 Ok(Some(task)) => {
                     let id = task.id;
                     if let Err(e) = self.run_task(task).await {
-                        tracing::error!(error = %format!("{e:#}"), task = id, "state store error while running a task");
-                        // Give it back (it stays interrupted) rather than leave it running.
+                        self.store_trouble(&e);
+                        // Give it back (it stays interrupted) rather than leave it running; if
+                        // the store refuses that too, as soon as it takes writes again.
                         lock(&self.running).remove(&id);
                         self.progress.finish(id);
-                        if let Err(e) = self.store.release(id) {
-                            tracing::error!(error = %format!("{e:#}"), task = id, "could not requeue the task");
+                        if self.store.release(id).is_err() {
+                            lock(&self.unreleased).push(id);
                         }
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
@@ -262,10 +270,37 @@ impl Core {
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "state store error while claiming a task");
+                    self.store_trouble(&e);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
+        }
+    }
+
+    /// Gives back to the queue the tasks whose outcome could not be written.
+    fn release_unreleased(&self) -> Result<()> {
+        let ids = std::mem::take(&mut *lock(&self.unreleased));
+        for (i, id) in ids.iter().enumerate() {
+            if let Err(e) = self.store.release(*id) {
+                lock(&self.unreleased).extend(&ids[i..]);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Says once, while it lasts, that the state database refuses work (full or read-only
+    /// state directory, say); the error goes to the log every time.
+    fn store_trouble(&self, e: &anyhow::Error) {
+        tracing::error!(error = %format!("{e:#}"), "state store error");
+        if !self.store_failing.swap(true, Ordering::SeqCst) {
+            self.emit(Event::Notice {
+                message: format!(
+                    "the state database in {} cannot be written ({e:#}): no new copy starts until it \
+                     can; nothing queued is lost. Free space in (or fix the permissions of) the state directory",
+                    self.store.dir.display()
+                ),
+            });
         }
     }
 
