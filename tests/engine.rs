@@ -93,7 +93,7 @@ async fn a_restart_resumes_a_multipart_upload_instead_of_starting_over() {
 
     let body = pseudo_random_bytes(12 * MIB + 7, 42);
     put(&env.gz, "src-bucket", "video.bin", body.clone()).await;
-    let (queued, errors) = engine.scan_all().await;
+    let (queued, errors, _) = engine.scan_all().await;
     assert_eq!((queued, errors.len()), (1, 0), "{errors:?}");
     let (_, upload_id) = half_done_upload(&env, &engine, "video.bin", &body).await;
 

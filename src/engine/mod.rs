@@ -491,12 +491,14 @@ impl Core {
         }
     }
 
-    /// Scans every enabled rule once. Returns (tasks queued, errors).
-    pub async fn scan_all(&self) -> (usize, Vec<String>) {
+    /// Scans every enabled rule once. Returns (tasks queued, errors, rules held and why). A
+    /// held rule is not a failing scan: it says so once when the hold starts.
+    pub async fn scan_all(&self) -> (usize, Vec<String>, Vec<String>) {
         let config = self.config();
         let clients = self.clients();
         let mut queued = 0;
         let mut errors = Vec::new();
+        let mut held = Vec::new();
         for rule in config.rules.iter().filter(|r| r.enabled) {
             let Ok(Some(state)) = self.store.rule_state(&rule.id) else {
                 continue;
@@ -508,7 +510,7 @@ impl Core {
             // without an id can change under it, and a destination's unversioned write or delete
             // replaces what was there for good.
             if let Some(reason) = self.versioning_halt(rule, &clients).await {
-                errors.push(format!("rule {:?}: held: {reason}", rule.id));
+                held.push(format!("rule {:?}: held: {reason}", rule.id));
                 continue;
             }
             let token = self.rule_token(&rule.id);
@@ -545,7 +547,7 @@ impl Core {
                 }
             }
         }
-        (queued, errors)
+        (queued, errors, held)
     }
 
     /// Reads the versioning of the rule's two buckets, holds the rule's copies (in the store, so

@@ -332,7 +332,10 @@ impl Core {
             })
         };
         let (queued, mut scan_errors) = tokio::select! {
-            r = self.scan_all() => r,
+            (queued, mut errors, held) = self.scan_all() => {
+                errors.extend(held);
+                (queued, errors)
+            }
             _ = self.shutdown.cancelled() => (0, Vec::new()),
         };
         self.spawn_listers();
@@ -378,7 +381,8 @@ impl Core {
                 // every 10 s or the scan interval if that is longer.
                 let mut failing = 0u32;
                 loop {
-                    let (_, errors) = engine.scan_all().await;
+                    // A held rule does not slow the scans of the others.
+                    let (_, errors, _held) = engine.scan_all().await;
                     failing = if errors.is_empty() {
                         0
                     } else {
