@@ -18,6 +18,7 @@ mod common;
 mod netfault;
 
 use common::*;
+use futures::StreamExt;
 use netfault::{Kind as Fault, NetProxy, Plan};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -429,4 +430,76 @@ async fn a_destination_outage_is_ridden_out_and_shown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_outage_is_ridden_out_and_shown() {
     outage(Side::Source).await;
+}
+
+/// Listings ask for more than 1,000 entries a page, which S3 and most servers cap at 1,000 and
+/// some honour (moto builds every page from the whole bucket, so fewer pages cost much less). A
+/// server that refuses such a request with 400 instead is asked again with 1,000 a page, from
+/// then on: the migration still lists the source and, under "if-different", the destination
+/// over several pages, and copies exactly what the destination lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_that_refuses_large_listing_pages_is_listed_1000_at_a_time() {
+    let env = Env::start_with(Kind::Moto, Kind::Moto).await;
+    create_bucket(&env.gz, SRC, true).await;
+    create_bucket(&env.sh, DST, true).await;
+    let total = 1_250;
+    let key = |i: usize| format!("k/{i:05}");
+    let body = |i: usize| format!("object {i}");
+    let on_both: Vec<usize> = (0..total).step_by(5).collect();
+    let (gz, sh) = (&env.gz, &env.sh);
+    futures::stream::iter(0..total)
+        .for_each_concurrent(16, |i| async move {
+            put(gz, SRC, &key(i), body(i)).await;
+        })
+        .await;
+    futures::stream::iter(on_both.clone())
+        .for_each_concurrent(16, |i| async move {
+            put(sh, DST, &key(i), body(i)).await;
+        })
+        .await;
+    let src_proxy = NetProxy::start(&env.gz.url, Plan::none().max_keys(1000)).await;
+    let dst_proxy = NetProxy::start(&env.sh.url, Plan::none().max_keys(1000)).await;
+    let rule = Rule {
+        overwrite: Some("if-different".into()),
+        ..Rule::new("r", &format!("gz/{SRC}"), &format!("sh/{DST}")).historical(true)
+    };
+    let text = env
+        .config_text_with(&ConfigOpts::default(), &[rule])
+        .replace(
+            &format!("url = \"{}\"", env.gz.url),
+            &format!("url = \"{}\"", src_proxy.url),
+        )
+        .replace(
+            &format!("url = \"{}\"", env.sh.url),
+            &format!("url = \"{}\"", dst_proxy.url),
+        );
+    assert!(text.contains(&src_proxy.url) && text.contains(&dst_proxy.url), "{text}");
+    env.write_config_text(&text);
+
+    env.run_once().await;
+    let m = env.rule_status("r").await["migration"].clone();
+    assert_eq!(m["state"], "completed", "{m}");
+    assert_eq!(m["skipped_objects"].as_u64(), Some(on_both.len() as u64), "{m}");
+    assert_eq!(m["done_objects"].as_u64(), Some((total - on_both.len()) as u64), "{m}");
+    let keys = list_keys(&env.sh, DST).await;
+    assert_eq!(keys.len(), total, "the destination holds {} keys", keys.len());
+    for i in (0..total).step_by(31) {
+        assert_eq!(
+            get_bytes(&env.sh, DST, &key(i)).await.as_deref(),
+            Some(body(i).as_bytes())
+        );
+    }
+    // One refusal per endpoint, then pages of 1,000: the source's listings (baseline, scan and
+    // migration) took two pages each; the destination's 250 keys fit in one.
+    let (src_listed, src_refused) = src_proxy.listings();
+    let (dst_listed, dst_refused) = dst_proxy.listings();
+    assert_eq!(
+        (src_refused, dst_refused),
+        (1, 1),
+        "listings refused (source, destination)"
+    );
+    assert!(src_listed >= 6, "the source was listed in {src_listed} requests");
+    assert!(dst_listed >= 1, "the destination was listed in {dst_listed} requests");
+    let log = std::fs::read_to_string(env.state_dir.join("crr.log")).unwrap_or_default();
+    assert!(log.contains("listings ask for 1000 entries a page"), "{log}");
 }

@@ -136,7 +136,18 @@ pub struct S3 {
     /// Set once a plain object's bytes read from this endpoint matched its MD5-like ETag: from
     /// then on a read that does not match is damage on the way, never an ETag that is no MD5.
     pub etag_is_md5: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// How many entries a listing page asks for: `LIST_PAGE` until the endpoint refuses that,
+    /// then the 1,000 every S3 server takes.
+    pub list_page: std::sync::Arc<std::sync::atomic::AtomicI32>,
 }
+
+/// Entries a listing asks for per page. S3 answers at most 1,000 whatever is asked, and so do
+/// most servers; one that honours more is spared most of its requests, and some servers
+/// (moto) build every page from the whole bucket, so that 10 pages cost 10 times one.
+const LIST_PAGE: i32 = 10_000;
+
+/// The page size every S3 server takes.
+const LIST_PAGE_STANDARD: i32 = 1_000;
 
 /// Clients for every endpoint of the config, by endpoint name.
 #[derive(Clone, Debug, Default)]
@@ -276,6 +287,7 @@ impl S3 {
             streaming: Client::from_conf(streaming),
             tag_counts: Default::default(),
             etag_is_md5: Default::default(),
+            list_page: std::sync::Arc::new(std::sync::atomic::AtomicI32::new(LIST_PAGE)),
         }
     }
 
@@ -356,6 +368,24 @@ impl S3 {
         })
     }
 
+    /// The page size to ask for now.
+    fn page_size(&self) -> i32 {
+        self.list_page.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether a listing that asked for `asked` entries was refused for the page size (a
+    /// server that takes no more than 1,000): then the standard size is used from now on, and
+    /// the caller asks again.
+    fn refused_page_size(&self, asked: i32, e: &S3Error) -> bool {
+        if asked <= LIST_PAGE_STANDARD || e.status != Some(400) {
+            return false;
+        }
+        self.list_page
+            .store(LIST_PAGE_STANDARD, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(endpoint = %self.endpoint, "listings ask for {LIST_PAGE_STANDARD} entries a page: {asked} was refused ({})", e.message);
+        true
+    }
+
     /// One page of the keys of current objects (ListObjectsV2) under `prefix`: after
     /// `start_after` on the first request, then from `token`. Returns the keys and the token
     /// of the next page, if any.
@@ -366,23 +396,31 @@ impl S3 {
         start_after: Option<&str>,
         token: Option<String>,
     ) -> Result<(Vec<String>, Option<String>), S3Error> {
-        let mut req = self
-            .client
-            .list_objects_v2()
-            .bucket(bucket)
-            .max_keys(1000)
-            .encoding_type(EncodingType::Url);
-        if !prefix.is_empty() {
-            req = req.prefix(prefix);
-        }
-        match token {
-            Some(t) => req = req.continuation_token(t),
-            None => req = req.set_start_after(start_after.map(str::to_string)),
-        }
-        let out = req
-            .send()
-            .await
-            .map_err(|e| s3_error("ListObjectsV2", &format!("{}/{bucket}", self.endpoint), e))?;
+        let out = loop {
+            let size = self.page_size();
+            let mut req = self
+                .client
+                .list_objects_v2()
+                .bucket(bucket)
+                .max_keys(size)
+                .encoding_type(EncodingType::Url);
+            if !prefix.is_empty() {
+                req = req.prefix(prefix);
+            }
+            match &token {
+                Some(t) => req = req.continuation_token(t),
+                None => req = req.set_start_after(start_after.map(str::to_string)),
+            }
+            match req.send().await {
+                Ok(out) => break out,
+                Err(e) => {
+                    let e = s3_error("ListObjectsV2", &format!("{}/{bucket}", self.endpoint), e);
+                    if !self.refused_page_size(size, &e) {
+                        return Err(e);
+                    }
+                }
+            }
+        };
         let decode = KeyDecoder::new(out.encoding_type(), "ListObjectsV2", &self.endpoint, bucket);
         let keys = out
             .contents()
@@ -410,38 +448,41 @@ impl S3 {
         prefix: &str,
         marker: Option<(String, String)>,
     ) -> Result<VersionPage, S3Error> {
-        let mut req = self
-            .client
-            .list_object_versions()
-            .bucket(bucket)
-            .max_keys(1000)
-            .encoding_type(EncodingType::Url);
-        if !prefix.is_empty() {
-            req = req.prefix(prefix);
-        }
-        if let Some((key, version)) = marker {
-            req = req.key_marker(key);
-            if !version.is_empty() {
-                req = req.version_id_marker(version);
+        let out = loop {
+            let size = self.page_size();
+            let mut req = self
+                .client
+                .list_object_versions()
+                .bucket(bucket)
+                .max_keys(size)
+                .encoding_type(EncodingType::Url);
+            if !prefix.is_empty() {
+                req = req.prefix(prefix);
             }
-        }
-        let out = match req.send().await {
-            Ok(out) => out,
-            Err(e) => {
-                // A server that ignores encoding-type (moto 5.2 for this listing) writes a key
-                // with a control character raw into the XML, which the SDK refuses as a whole:
-                // one such key would stop the rule. The page is read from the raw body instead.
-                if let Some(raw) = e.raw_response().filter(|r| r.status().as_u16() == 200)
-                    && let Some(body) = raw.body().bytes()
-                    && let Some(page) = raw_versions_page(&String::from_utf8_lossy(body), &self.endpoint, bucket)
-                {
-                    return page;
+            if let Some((key, version)) = &marker {
+                req = req.key_marker(key);
+                if !version.is_empty() {
+                    req = req.version_id_marker(version);
                 }
-                return Err(s3_error(
-                    "ListObjectVersions",
-                    &format!("{}/{bucket}", self.endpoint),
-                    e,
-                ));
+            }
+            match req.send().await {
+                Ok(out) => break out,
+                Err(e) => {
+                    // A server that ignores encoding-type (moto 5.2 for this listing) writes a
+                    // key with a control character raw into the XML, which the SDK refuses as a
+                    // whole: one such key would stop the rule. The page is read from the raw
+                    // body instead.
+                    if let Some(raw) = e.raw_response().filter(|r| r.status().as_u16() == 200)
+                        && let Some(body) = raw.body().bytes()
+                        && let Some(page) = raw_versions_page(&String::from_utf8_lossy(body), &self.endpoint, bucket)
+                    {
+                        return page;
+                    }
+                    let e = s3_error("ListObjectVersions", &format!("{}/{bucket}", self.endpoint), e);
+                    if !self.refused_page_size(size, &e) {
+                        return Err(e);
+                    }
+                }
             }
         };
         let decode = KeyDecoder::new(out.encoding_type(), "ListObjectVersions", &self.endpoint, bucket);

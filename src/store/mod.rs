@@ -425,6 +425,10 @@ impl Store {
         let ready = || -> Result<Store> {
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
             conn.set_prepared_statement_cache_capacity(128);
+            // Plans fixed at prepare time. Without this, a statement whose parameter meets a
+            // partial index's condition is prepared again each time a value is bound to it,
+            // which made every claim a fresh parse and plan (most of the queue's CPU).
+            conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
             // Before anything else changes the file: a newer crr's database is left as it is.
             upgrade(&conn)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;

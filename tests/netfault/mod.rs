@@ -76,6 +76,9 @@ pub struct Plan {
     pub latency: Duration,
     /// Whether ranged downloads (the parts of a multipart copy) may be corrupted too.
     pub corrupt_ranges: bool,
+    /// A listing that asks for more entries than this is refused with 400 InvalidArgument, as a
+    /// server that takes no more than that would.
+    pub max_keys: Option<u32>,
 }
 
 impl Plan {
@@ -86,6 +89,7 @@ impl Plan {
             stall: Duration::from_secs(4),
             latency: Duration::from_millis(300),
             corrupt_ranges: true,
+            max_keys: None,
         }
     }
 
@@ -99,6 +103,11 @@ impl Plan {
         self
     }
 
+    pub fn max_keys(mut self, cap: u32) -> Plan {
+        self.max_keys = Some(cap);
+        self
+    }
+
     pub fn seed(mut self, seed: u64) -> Plan {
         self.seed = seed;
         self
@@ -109,6 +118,9 @@ struct State {
     plan: Plan,
     rng: fastrand::Rng,
     injected: BTreeMap<Kind, u64>,
+    /// Listing requests let through, and refused for their `max-keys`.
+    listings: u64,
+    listings_refused: u64,
 }
 
 /// What a request is, as far as faults care.
@@ -154,6 +166,8 @@ impl NetProxy {
             rng: fastrand::Rng::with_seed(plan.seed),
             plan,
             injected: BTreeMap::new(),
+            listings: 0,
+            listings_refused: 0,
         }));
         let refusing = Arc::new(AtomicBool::new(false));
         let refused = Arc::new(AtomicU64::new(0));
@@ -208,6 +222,13 @@ impl NetProxy {
     /// Connections let through so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Listing requests (ListObjectVersions, ListObjectsV2) let through, and refused for asking
+    /// more than `Plan::max_keys` entries.
+    pub fn listings(&self) -> (u64, u64) {
+        let st = lock(&self.state);
+        (st.listings, st.listings_refused)
     }
 
     /// Faults injected so far, by kind.
@@ -278,6 +299,20 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
         .collect();
     let header = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    if let Some(asked) = listing_max_keys(&method, &target) {
+        let cap = lock(state).plan.max_keys;
+        if cap.is_some_and(|cap| asked > cap) {
+            lock(state).listings_refused += 1;
+            let a = error_answer(
+                "400 Bad Request",
+                "InvalidArgument",
+                "max-keys is greater than this server allows.",
+            );
+            client.write_all(a.as_bytes()).await?;
+            return client.shutdown().await;
+        }
+        lock(state).listings += 1;
+    }
     let mut fault = draw(state, shape(&method, &target, length));
     if fault == Some(Kind::CorruptBody) && header("range").is_some() && !lock(state).plan.corrupt_ranges {
         fault = None;
@@ -397,6 +432,27 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
         _ => client.write_all(&answer).await?,
     }
     client.shutdown().await
+}
+
+/// For a listing request (a GET on a bucket with `versions` or `list-type=2`): the number of
+/// entries it asks for (`max-keys`; 1,000 when it does not say).
+fn listing_max_keys(method: &str, target: &str) -> Option<u32> {
+    let (path, query) = target.split_once('?')?;
+    let params: Vec<&str> = query.split('&').collect();
+    let bucket_only = !path.trim_matches('/').contains('/');
+    let listing = params
+        .iter()
+        .any(|p| *p == "versions" || p.starts_with("versions=") || *p == "list-type=2");
+    if method != "GET" || !bucket_only || !listing {
+        return None;
+    }
+    Some(
+        params
+            .iter()
+            .find_map(|p| p.strip_prefix("max-keys="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1000),
+    )
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
