@@ -877,20 +877,42 @@ impl CopyCtx<'_> {
         });
         let todo: Vec<i32> = (1..=part_count).filter(|n| !done.contains_key(n)).collect();
         let upload_id_ref = upload_id.as_str();
+        let stop = AtomicBool::new(false);
+        let stop_ref = &stop;
         let mut stream = futures::stream::iter(todo.into_iter().map(|n| {
             let start = (n as u64 - 1) * part_size;
             let end = (start + part_size).min(size);
             let part = PartRange { n, start, end };
-            self.upload_part(task, upload_id_ref, part, buffer_parts, &dst_opaque)
+            let upload = self.upload_part(task, upload_id_ref, part, buffer_parts, &dst_opaque);
+            async move {
+                if stop_ref.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                upload.await.map(Some)
+            }
         }))
         .buffer_unordered(self.engine.part_concurrency);
+        // After a part fails, the parts already on their way are let finish and are recorded
+        // (no new one starts), so that the next attempt sends only what did not arrive.
+        let mut failed: Option<CopyError> = None;
         while let Some(result) = stream.next().await {
-            let (n, etag, len) = result.map_err(|e| self.forget_lost_upload(task, e))?;
-            self.store.add_part(task.id, n, &etag, len)?;
-            self.progress.set(task.id, |p| p.parts_done += 1);
-            done.insert(n, (etag, len));
+            match result {
+                Ok(Some((n, etag, len))) => {
+                    self.store.add_part(task.id, n, &etag, len)?;
+                    self.progress.set(task.id, |p| p.parts_done += 1);
+                    done.insert(n, (etag, len));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    failed.get_or_insert(e);
+                }
+            }
         }
         drop(stream);
+        if let Some(e) = failed {
+            return Err(self.forget_lost_upload(task, e));
+        }
 
         let sent: u64 = done.values().map(|(_, len)| *len).sum();
         if done.len() != part_count as usize || sent != size {

@@ -31,6 +31,10 @@ impl Core {
             return Ok(());
         };
         if self.store.superseded(&task)? {
+            // An upload an earlier attempt left open would be orphaned on the destination.
+            if let Ok(dst) = clients.get(&rule.destination.endpoint) {
+                self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
+            }
             self.store
                 .skip(task.id, "a newer change of this key was already replicated")?;
             return Ok(());

@@ -121,6 +121,10 @@ struct State {
     /// Listing requests let through, and refused for their `max-keys`.
     listings: u64,
     listings_refused: u64,
+    /// UploadPart body bytes read from the client (whole or cut off), and parts the server
+    /// acknowledged.
+    part_bytes: u64,
+    parts_acked: u64,
 }
 
 /// What a request is, as far as faults care.
@@ -168,6 +172,8 @@ impl NetProxy {
             injected: BTreeMap::new(),
             listings: 0,
             listings_refused: 0,
+            part_bytes: 0,
+            parts_acked: 0,
         }));
         let refusing = Arc::new(AtomicBool::new(false));
         let refused = Arc::new(AtomicU64::new(0));
@@ -229,6 +235,13 @@ impl NetProxy {
     pub fn listings(&self) -> (u64, u64) {
         let st = lock(&self.state);
         (st.listings, st.listings_refused)
+    }
+
+    /// UploadPart body bytes crr sent so far (including uploads cut off half-way), and the parts
+    /// the server acknowledged.
+    pub fn parts(&self) -> (u64, u64) {
+        let st = lock(&self.state);
+        (st.part_bytes, st.parts_acked)
     }
 
     /// Faults injected so far, by kind.
@@ -326,6 +339,10 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
         client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
     }
     let mut body = buf[head_end..].to_vec();
+    let part_upload = method == "PUT" && target.contains("partNumber=") && target.contains("uploadId=");
+    if part_upload {
+        lock(state).part_bytes += body.len() as u64;
+    }
     // Cut off half-way through the upload: read half of the body, then reset.
     let read_up_to = if fault == Some(Kind::ResetMidUpload) {
         length / 2
@@ -337,6 +354,9 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
         let n = client.read(&mut chunk).await?;
         if n == 0 {
             return Ok(());
+        }
+        if part_upload {
+            lock(state).part_bytes += n as u64;
         }
         body.extend_from_slice(&chunk[..n]);
     }
@@ -398,6 +418,9 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
     out.push_str("connection: close\r\n\r\n");
     let mut answer = response[split..].to_vec();
     let ok = status_line.contains(" 200 ") || status_line.contains(" 206 ");
+    if part_upload && ok {
+        lock(state).parts_acked += 1;
+    }
     let half = answer.len() / 2;
     client.write_all(out.as_bytes()).await?;
     match fault {
