@@ -335,6 +335,12 @@ impl Core {
                 core.hard_stop.cancel();
             })
         };
+        // The scan runs beside the copies, not before them: on a large scope its listing takes
+        // as long as copying the migration's first pages. Workers stay until it is done (it
+        // counts as a listing), and claims put what it queues ahead of migration tasks.
+        self.listing_count.fetch_add(1, Ordering::SeqCst);
+        self.spawn_listers();
+        let workers = self.spawn_workers(true);
         let (queued, mut scan_errors) = tokio::select! {
             (queued, mut errors, held) = self.scan_all() => {
                 errors.extend(held);
@@ -342,8 +348,9 @@ impl Core {
             }
             _ = self.shutdown.cancelled() => (0, Vec::new()),
         };
-        self.spawn_listers();
-        for w in self.spawn_workers(true) {
+        self.listing_count.fetch_sub(1, Ordering::SeqCst);
+        self.work.notify_waiters();
+        for w in workers {
             w.await.context("a copy worker panicked")?;
         }
         stopper.abort();
