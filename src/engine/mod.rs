@@ -202,7 +202,8 @@ impl Engine {
         self.core.handle()
     }
 
-    /// Catches every enabled rule up: one scan, then every queued task to its end.
+    /// Catches every enabled rule up: one scan (beside the copies), and every queued task to its
+    /// end.
     pub async fn run_once(&self) -> Result<RunSummary> {
         self.core.clone().run_once().await
     }

@@ -318,7 +318,8 @@ impl Core {
             .collect()
     }
 
-    /// Catches every enabled rule up: one scan, then every queued task to its end.
+    /// Catches every enabled rule up: one scan (beside the copies), and every queued task to its
+    /// end.
     pub(crate) async fn run_once(self: Arc<Self>) -> Result<RunSummary> {
         let before = *lock(&self.replicated_now);
         self.handle();
