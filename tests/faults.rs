@@ -50,6 +50,14 @@ async fn setup(dst_kind: Kind, max_attempts: u32, engine_extra: &str) -> (Env, N
     };
     let text = env
         .config_text_with(&opts, &[Rule::new("r", &format!("gz/{SRC}"), &format!("sh/{DST}"))])
+        .replace("[engine]", &format!("[engine]\n{engine_extra}"));
+    env.write_config_text(&through_proxies(&env, &text, &src_proxy, &dst_proxy));
+    (env, src_proxy, dst_proxy)
+}
+
+/// The config `text` with its endpoints' urls pointing at the proxies.
+fn through_proxies(env: &Env, text: &str, src_proxy: &NetProxy, dst_proxy: &NetProxy) -> String {
+    let text = text
         .replace(
             &format!("url = \"{}\"", env.gz.url),
             &format!("url = \"{}\"", src_proxy.url),
@@ -57,14 +65,12 @@ async fn setup(dst_kind: Kind, max_attempts: u32, engine_extra: &str) -> (Env, N
         .replace(
             &format!("url = \"{}\"", env.sh.url),
             &format!("url = \"{}\"", dst_proxy.url),
-        )
-        .replace("[engine]", &format!("[engine]\n{engine_extra}"));
+        );
     assert!(
         text.contains(&src_proxy.url) && text.contains(&dst_proxy.url),
         "the harness config changed shape: {text}"
     );
-    env.write_config_text(&text);
-    (env, src_proxy, dst_proxy)
+    text
 }
 
 /// Starts `crr serve` and waits until the rule is enabled (its enable point recorded).
@@ -467,18 +473,8 @@ async fn an_endpoint_that_refuses_large_listing_pages_is_listed_1000_at_a_time()
         overwrite: Some("if-different".into()),
         ..Rule::new("r", &format!("gz/{SRC}"), &format!("sh/{DST}")).historical(true)
     };
-    let text = env
-        .config_text_with(&ConfigOpts::default(), &[rule])
-        .replace(
-            &format!("url = \"{}\"", env.gz.url),
-            &format!("url = \"{}\"", src_proxy.url),
-        )
-        .replace(
-            &format!("url = \"{}\"", env.sh.url),
-            &format!("url = \"{}\"", dst_proxy.url),
-        );
-    assert!(text.contains(&src_proxy.url) && text.contains(&dst_proxy.url), "{text}");
-    env.write_config_text(&text);
+    let text = env.config_text_with(&ConfigOpts::default(), &[rule]);
+    env.write_config_text(&through_proxies(&env, &text, &src_proxy, &dst_proxy));
 
     env.run_once().await;
     let m = env.rule_status("r").await["migration"].clone();
