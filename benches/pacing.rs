@@ -21,7 +21,7 @@ fn metered_body(c: &mut Criterion) {
             rt.block_on(async {
                 let progress = Arc::new(Progress::default());
                 let source = ByteStream::from(data.clone());
-                let body = Metered::stream(source, 1, progress, vec![Arc::new(Limiter::new(0))], None);
+                let body = Metered::stream(source, 1, progress, vec![Arc::new(Limiter::new(0))], Vec::new());
                 let collected = body.collect().await.expect("collect").into_bytes();
                 assert_eq!(collected.len(), data.len());
             })

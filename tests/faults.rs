@@ -169,10 +169,7 @@ async fn faults_converge(dst_kind: Kind) {
             .with(Fault::ResetMidBody, 80)
             .with(Fault::TruncatedBody, 80)
             .with(Fault::CorruptBody, 150)
-            .with(Fault::Stall, 25)
-            // A byte flipped in a part read for a multipart copy is not detected yet when the
-            // source's parts differ from crr's (nothing vouches for a range's bytes): left out.
-            .corrupt_ranges(false),
+            .with(Fault::Stall, 25),
     );
     dst_proxy.set_plan(
         Plan::none()
@@ -206,10 +203,15 @@ async fn faults_converge(dst_kind: Kind) {
     }
     delete(&env.gz, SRC, "obj/002.bin").await;
     want.insert("obj/002.bin".into(), None);
-    // Multipart-sized, uploaded in the parts crr uses (5 MiB), so its ETag vouches for the bytes.
-    let big = pseudo_random_bytes(11 * MIB + 777, seed ^ 0xb16);
-    put_multipart(&env.gz, SRC, "big/parts.bin", &big, 5 * MIB).await;
+    // Multipart-sized: uploaded in parts of another size than crr's (its ETag vouches for the
+    // parts as the source cut them), and in one PUT (its ETag is the whole object's MD5). Their
+    // part reads are corrupted too.
+    let big = pseudo_random_bytes(13 * MIB + 777, seed ^ 0xb16);
+    put_multipart(&env.gz, SRC, "big/parts.bin", &big, 6 * MIB).await;
     want.insert("big/parts.bin".into(), Some(big));
+    let whole = pseudo_random_bytes(11 * MIB + 555, seed ^ 0xb17);
+    put_with(&env.gz, SRC, "big/whole.bin", whole.clone(), &opts).await;
+    want.insert("big/whole.bin".into(), Some(whole));
 
     let started = Instant::now();
     let done = wait_until(Duration::from_secs(240), || converged(&env, &want)).await;
@@ -601,4 +603,152 @@ async fn dropped_part_uploads_send_only_those_parts_again() {
         "{sent} bytes of parts were sent for a {size}-byte object with {resets} uploads cut off (at most {bound})"
     );
     eprintln!("{resets} part uploads cut off; {sent} bytes of parts sent for {size}");
+}
+
+/// The ETag of the latest version of `key`, without quotes.
+async fn etag_of(s3: &Server, bucket: &str, key: &str) -> String {
+    let h = s3.client.head_object().bucket(bucket).key(key).send().await;
+    let h = h.unwrap_or_else(|e| panic!("head {bucket}/{key} on {}: {e:?}", s3.name));
+    h.e_tag().unwrap_or_default().trim_matches('"').to_string()
+}
+
+/// A byte flipped in the part reads of a multipart copy is caught before the upload becomes a
+/// version: the parts read must add up to what the source's ETag says (the MD5 of the part MD5s
+/// for an object uploaded in parts, which crr cuts where the source's are; the whole object's
+/// MD5 for one uploaded in one PUT). The parts read wrong are read again, found to differ from
+/// what was sent, and sent again; no other part is.
+async fn corrupted_part_reads_are_caught(uploaded_in_parts: bool) {
+    let (env, src_proxy, dst_proxy) = setup(Kind::Moto, 10, "part_concurrency = 2").await;
+    let serve = serve_enabled(&env).await;
+    // The first two reads of the object's bytes (parts: every read is a range) have a byte
+    // flipped.
+    src_proxy.set_plan(
+        Plan::none()
+            .with(Fault::CorruptBody, 1000)
+            .at_most(Fault::CorruptBody, 2),
+    );
+    let size = 4 * PART as usize + 1234;
+    let body = pseudo_random_bytes(size, 21);
+    let source_part = if uploaded_in_parts {
+        put_multipart(&env.gz, SRC, "big.bin", &body, 6 * MIB).await;
+        6 * MIB as u64
+    } else {
+        put(&env.gz, SRC, "big.bin", body.clone()).await;
+        PART
+    };
+    one_replica_and_no_upload_left(&env, "big.bin", &body, &serve).await;
+
+    let corrupted = src_proxy.injected().get(&Fault::CorruptBody).copied().unwrap_or(0);
+    assert_eq!(corrupted, 2, "part reads corrupted");
+    let (sent, _) = dst_proxy.parts();
+    // The corrupted parts went to the destination (their bytes were what crr read) and went
+    // again once caught; nothing else went twice.
+    assert!(
+        sent > size as u64 && sent <= size as u64 + 2 * source_part,
+        "{sent} bytes of parts were sent for a {size}-byte object, 2 of whose part reads were corrupted"
+    );
+    let log = std::fs::read_to_string(env.state_dir.join("crr.log")).unwrap_or_default();
+    assert!(
+        log.contains("differed from what was sent"),
+        "the log does not say why parts went again:\n{log}"
+    );
+    if uploaded_in_parts {
+        // Cut where the source's parts are, the replica carries the source's ETag.
+        assert_eq!(
+            etag_of(&env.sh, DST, "big.bin").await,
+            etag_of(&env.gz, SRC, "big.bin").await,
+            "the replica's ETag"
+        );
+    }
+    eprintln!("{corrupted} part reads corrupted; {sent} bytes of parts sent for {size}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_part_reads_of_an_object_uploaded_in_parts_are_caught() {
+    corrupted_part_reads_are_caught(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_part_reads_of_an_object_uploaded_whole_are_caught() {
+    corrupted_part_reads_are_caught(false).await;
+}
+
+/// A rule that copies what the source holds (`historical = true`), through the proxies, with
+/// the large object below already there and its copy slowed down (8 MiB/s, 2 parts at a time).
+async fn migrating_a_large_object(body: &[u8]) -> (Env, NetProxy, NetProxy) {
+    let env = Env::start_with(Kind::Moto, Kind::Moto).await;
+    create_bucket(&env.gz, SRC, true).await;
+    create_bucket(&env.sh, DST, true).await;
+    put(&env.gz, SRC, "big.bin", body.to_vec()).await;
+    let src_proxy = NetProxy::start(&env.gz.url, Plan::none()).await;
+    let dst_proxy = NetProxy::start(&env.sh.url, Plan::none()).await;
+    let rule = Rule::new("r", &format!("gz/{SRC}"), &format!("sh/{DST}")).historical(true);
+    let text = env
+        .config_text_with(&ConfigOpts::default(), &[rule])
+        .replace("[engine]", &format!("[engine]\n{PARTS_ENGINE}"));
+    env.write_config_text(&through_proxies(&env, &text, &src_proxy, &dst_proxy));
+    (env, src_proxy, dst_proxy)
+}
+
+/// Waits until the destination has acknowledged `parts` parts of the upload.
+async fn parts_acknowledged(dst_proxy: &NetProxy, parts: u64, serve: &Serve) {
+    assert!(
+        wait_until(Duration::from_secs(60), || async { dst_proxy.parts().1 >= parts }).await,
+        "the upload did not get going: {:?}\n{}",
+        dst_proxy.parts(),
+        serve.output()
+    );
+}
+
+/// A migration's copy of a large object, cut off by SIGKILL half-way, is overtaken by a newer
+/// version of the key written meanwhile: the old version never becomes a replica, the upload it
+/// left open is aborted, and the newer version is replicated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_copy_leaves_no_upload_open() {
+    let size = 8 * PART as usize;
+    let old = pseudo_random_bytes(size, 31);
+    let (env, _src_proxy, dst_proxy) = migrating_a_large_object(&old).await;
+    let mut serve = env.spawn_serve();
+    parts_acknowledged(&dst_proxy, 2, &serve).await;
+    serve.kill();
+    assert_eq!(open_uploads(&env.sh, DST).await.len(), 1, "the killed copy's upload");
+
+    let new = b"written while crr was down".to_vec();
+    put(&env.gz, SRC, "big.bin", new.clone()).await;
+    let serve = env.spawn_serve();
+    one_replica_and_no_upload_left(&env, "big.bin", &new, &serve).await;
+    let log = std::fs::read_to_string(env.state_dir.join("crr.log")).unwrap_or_default();
+    assert!(
+        log.contains("a newer change of this key"),
+        "the migration's copy was not found superseded:\n{log}"
+    );
+}
+
+/// Cancelling a migration while it copies a large object aborts the object's upload: no part
+/// stays billed on the destination, and no version appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_copy_leaves_no_upload_open() {
+    let size = 8 * PART as usize;
+    let body = pseudo_random_bytes(size, 32);
+    let (env, _src_proxy, dst_proxy) = migrating_a_large_object(&body).await;
+    let serve = env.spawn_serve();
+    parts_acknowledged(&dst_proxy, 2, &serve).await;
+    env.crr(&["migrate", "cancel", "r"]).await.assert_ok();
+    assert!(
+        wait_until(Duration::from_secs(30), || async {
+            open_uploads(&env.sh, DST).await.is_empty()
+        })
+        .await,
+        "the cancelled copy's upload was left open: {:?}\n{}",
+        open_uploads(&env.sh, DST).await,
+        serve.output()
+    );
+    // Nothing the cancelled copy sent may still become a version.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        get_bytes(&env.sh, DST, "big.bin").await,
+        None,
+        "a cancelled copy became a replica"
+    );
+    assert!(open_uploads(&env.sh, DST).await.is_empty());
 }

@@ -105,7 +105,7 @@ impl Activity {
     }
 
     /// Idle on purpose until `until` (a pacing pause).
-    fn pause_until(&self, until: Instant) {
+    pub fn pause_until(&self, until: Instant) {
         self.last.fetch_max(self.ms(until), Ordering::Relaxed);
     }
 
@@ -231,24 +231,28 @@ pub struct Metered {
     task_id: i64,
     progress: std::sync::Arc<Progress>,
     limits: Vec<std::sync::Arc<super::limit::Limiter>>,
-    /// MD5 of every byte handed out, for verifying what the destination received.
-    digest: Option<std::sync::Arc<std::sync::Mutex<md5::Md5>>>,
+    /// MD5 sums of every byte handed out, for verifying what the destination received (and,
+    /// fed in order across parts, what the source sent).
+    digests: Vec<Md5Sink>,
     /// The watchdog's clock, told of every chunk and every pacing pause.
     activity: Option<Arc<Activity>>,
 }
 
 const CHUNK: usize = 64 * 1024;
 
+/// An MD5 sum being fed, shared between a body and the copy that checks it.
+pub type Md5Sink = std::sync::Arc<std::sync::Mutex<md5::Md5>>;
+
 impl Metered {
-    /// Meters `body`; every byte handed out also goes into `digest` when there is one.
+    /// Meters `body`; every byte handed out also goes into each of `digests`.
     pub fn stream(
         body: ByteStream,
         task_id: i64,
         progress: std::sync::Arc<Progress>,
         limits: Vec<std::sync::Arc<super::limit::Limiter>>,
-        digest: Option<std::sync::Arc<std::sync::Mutex<md5::Md5>>>,
+        digests: Vec<Md5Sink>,
     ) -> ByteStream {
-        Self::watched(body, task_id, progress, limits, digest, None)
+        Self::watched(body, task_id, progress, limits, digests, None)
     }
 
     /// As [`Metered::stream`], also keeping `activity` informed for a stall watchdog.
@@ -257,7 +261,7 @@ impl Metered {
         task_id: i64,
         progress: std::sync::Arc<Progress>,
         limits: Vec<std::sync::Arc<super::limit::Limiter>>,
-        digest: Option<std::sync::Arc<std::sync::Mutex<md5::Md5>>>,
+        digests: Vec<Md5Sink>,
         activity: Option<Arc<Activity>>,
     ) -> ByteStream {
         ByteStream::from_body_1_x(Metered {
@@ -268,14 +272,14 @@ impl Metered {
             task_id,
             progress,
             limits,
-            digest,
+            digests,
             activity,
         })
     }
 
     fn hand_out(&self, chunk: Bytes) -> http_body::Frame<Bytes> {
         let n = chunk.len() as u64;
-        if let Some(d) = &self.digest {
+        for d in &self.digests {
             md5::Digest::update(&mut *d.lock().unwrap_or_else(|p| p.into_inner()), &chunk);
         }
         self.progress.set(self.task_id, |p| p.bytes_done += n);
@@ -384,7 +388,7 @@ mod tests {
             1,
             Arc::new(Progress::default()),
             limits,
-            None,
+            Vec::new(),
             Some(activity.clone()),
         )
     }

@@ -86,6 +86,17 @@ impl Store {
         })
     }
 
+    /// Forgets one uploaded part (found not to be what the source holds).
+    pub fn remove_part(&self, task_id: i64, part: i32) -> Result<()> {
+        quick(|| {
+            self.db().exec(
+                "DELETE FROM parts WHERE task_id = ?1 AND part_number = ?2",
+                params![task_id, part],
+            )?;
+            Ok(())
+        })
+    }
+
     pub fn parts(&self, task_id: i64) -> Result<Vec<(i32, String, u64)>> {
         quick(|| {
             let db = self.db();

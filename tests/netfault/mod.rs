@@ -79,6 +79,8 @@ pub struct Plan {
     /// A listing that asks for more entries than this is refused with 400 InvalidArgument, as a
     /// server that takes no more than that would.
     pub max_keys: Option<u32>,
+    /// The most requests a kind may strike; the draw skips it after that.
+    pub at_most: BTreeMap<Kind, u64>,
 }
 
 impl Plan {
@@ -90,6 +92,7 @@ impl Plan {
             latency: Duration::from_millis(300),
             corrupt_ranges: true,
             max_keys: None,
+            at_most: BTreeMap::new(),
         }
     }
 
@@ -100,6 +103,12 @@ impl Plan {
 
     pub fn corrupt_ranges(mut self, on: bool) -> Plan {
         self.corrupt_ranges = on;
+        self
+    }
+
+    /// `kind` strikes at most `times` requests.
+    pub fn at_most(mut self, kind: Kind, times: u64) -> Plan {
+        self.at_most.insert(kind, times);
         self
     }
 
@@ -118,6 +127,8 @@ struct State {
     plan: Plan,
     rng: fastrand::Rng,
     injected: BTreeMap<Kind, u64>,
+    /// Faults drawn (an injected one may have been let off after the draw).
+    drawn: BTreeMap<Kind, u64>,
     /// Listing requests let through, and refused for their `max-keys`.
     listings: u64,
     listings_refused: u64,
@@ -170,6 +181,7 @@ impl NetProxy {
             rng: fastrand::Rng::with_seed(plan.seed),
             plan,
             injected: BTreeMap::new(),
+            drawn: BTreeMap::new(),
             listings: 0,
             listings_refused: 0,
             part_bytes: 0,
@@ -213,6 +225,7 @@ impl NetProxy {
         let mut st = lock(&self.state);
         st.rng = fastrand::Rng::with_seed(plan.seed);
         st.plan = plan;
+        st.drawn.clear();
     }
 
     /// From now on, every connection is refused (reset as soon as it is accepted), or no longer.
@@ -259,16 +272,26 @@ fn draw(state: &Mutex<State>, shape: Shape) -> Option<Kind> {
     let mut st = lock(state);
     let roll = st.rng.u32(0..1000);
     let mut edge = 0;
+    let mut hit = None;
     for (kind, chance) in &st.plan.per_mille {
-        if !kind.fits(shape) {
+        let spent = st
+            .plan
+            .at_most
+            .get(kind)
+            .is_some_and(|cap| st.drawn.get(kind).copied().unwrap_or(0) >= *cap);
+        if !kind.fits(shape) || spent {
             continue;
         }
         edge += chance;
         if roll < edge {
-            return Some(*kind);
+            hit = Some(*kind);
+            break;
         }
     }
-    None
+    if let Some(kind) = hit {
+        *st.drawn.entry(kind).or_default() += 1;
+    }
+    hit
 }
 
 /// Counts a fault that was injected.

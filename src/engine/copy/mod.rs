@@ -2,19 +2,22 @@
 //! verified parts above it) or a delete marker. Part progress is persisted so a restart resumes a
 //! multipart upload.
 //!
-//! Every write carries `Content-MD5`, so the destination refuses a body corrupted on the way
-//! rather than storing it as a version. Where the source's ETag is the MD5 of its bytes, that is
-//! known before the body is read, and the body streams from source to destination. Where it is
-//! not (multipart ETags "...-N", SSE-KMS, SSE-C, some providers), one object (at most the
-//! multipart threshold) or one part is read into memory first to compute it. A replica is then
-//! accepted when its ETag is the MD5 of the bytes sent (compared without quotes or case); where
-//! the destination's ETags are not MD5 sums (SSE-KMS there), by its size and the Content-MD5 the
+//! A whole-object PUT carries `Content-MD5`, so the destination refuses a body corrupted on the
+//! way rather than storing it as a version. Where the source's ETag is the MD5 of its bytes, that
+//! is known before the body is read, and the body streams from source to destination. Where it
+//! is not (multipart ETags "...-N", SSE-KMS, SSE-C, some providers), the object (at most the
+//! multipart threshold) is read into memory first to compute it. A replica is then accepted when
+//! its ETag is the MD5 of the bytes sent (compared without quotes or case); where the
+//! destination's ETags are not MD5 sums (SSE-KMS there), by its size and the Content-MD5 the
 //! server checked.
+//!
+//! Parts stream, each checked by the ETag the destination gives it; before the upload is
+//! completed, the source's ETag vouches for the bytes read (see `multipart`).
 
 use crate::config::Overwrite;
 use crate::config::{EngineConfig, Rule};
-use crate::engine::limit::Limiter;
-use crate::engine::progress::{Activity, Metered, Progress, Stalled, TaskProgress, read_all, watch};
+use crate::engine::limit::{Limiter, reserve_all};
+use crate::engine::progress::{Activity, Md5Sink, Metered, Progress, Stalled, TaskProgress, read_all, watch};
 use crate::s3::{S3, S3Error, s3_error};
 use crate::store::replica::Replica;
 use crate::store::{Store, Task, TaskKind};
@@ -421,7 +424,7 @@ impl CopyCtx<'_> {
                     task.id,
                     self.progress.clone(),
                     self.limits.clone(),
-                    Some(streamed.clone()),
+                    vec![streamed.clone()],
                     Some(activity.clone()),
                 ),
                 md5,
@@ -442,7 +445,7 @@ impl CopyCtx<'_> {
                     task.id,
                     self.progress.clone(),
                     self.limits.clone(),
-                    None,
+                    Vec::new(),
                     Some(activity.clone()),
                 );
                 (body, md5)

@@ -1,6 +1,16 @@
 //! Copying a version in parts: the upload is recorded before it is asked for, every part is
 //! verified as it lands, and the parts recorded survive a restart, so a resumed copy sends only
 //! what did not arrive.
+//!
+//! A part's ETag at the destination vouches only for what crr sent, not for what the source
+//! holds: a range read from the source has no checksum of its own. So before the upload becomes
+//! a version, the source's ETag must agree with the bytes read. For an object uploaded in parts,
+//! crr cuts its parts where the source's are (HeadObject with `partNumber` tells their size),
+//! so the MD5 of the part MD5s must be the source's ETag, and the replica carries that ETag
+//! too. For an object uploaded whole, the parts go in order and feed one MD5, which must be the
+//! source's ETag. When they disagree, each part is read again: those that differ from what was
+//! sent go again; when none does, the source's ETag does not follow its bytes the way S3's do
+//! and two reads agree.
 
 use super::*;
 
@@ -34,14 +44,8 @@ impl CopyCtx<'_> {
                 digest: headers.digest(&tags),
             },
         )?;
-        // Parts stream when the source's ETag is an MD5 (the common case); otherwise each is
-        // read into memory first, to send it with its Content-MD5.
-        let buffer_parts = etag_md5(
-            head.e_tag(),
-            opaque_etag(head.server_side_encryption(), head.sse_customer_algorithm()),
-        )
-        .is_none();
-        let (part_size, part_count) = part_layout(size, self.engine);
+        // Where the parts are cut, and what vouches for the bytes read from the source.
+        let (part_size, part_count, vouch) = self.plan_parts(task, &head, size).await?;
         let part_count = part_count as i32;
         // Whether the destination's part ETags are not MD5 sums (SSE-KMS there): then every
         // part goes with its Content-MD5, which the server checks.
@@ -125,64 +129,91 @@ impl CopyCtx<'_> {
             p.parts_done = done.len() as u32;
             p.bytes_done = done_bytes;
         });
-        let todo: Vec<i32> = (1..=part_count).filter(|n| !done.contains_key(n)).collect();
-        let upload_id_ref = upload_id.as_str();
-        let stop = AtomicBool::new(false);
-        let stop_ref = &stop;
-        let mut stream = futures::stream::iter(todo.into_iter().map(|n| {
-            let start = (n as u64 - 1) * part_size;
-            let end = (start + part_size).min(size);
-            let part = PartRange { n, start, end };
-            let upload = self.upload_part(task, upload_id_ref, part, buffer_parts, &dst_opaque);
-            async move {
-                if stop_ref.load(Ordering::Relaxed) {
-                    return Ok(None);
-                }
-                upload.await.map(Some)
-            }
-        }))
-        .buffer_unordered(self.engine.part_concurrency);
-        // After a part fails, the parts already on their way are let finish and are recorded
-        // (no new one starts), so that the next attempt sends only what did not arrive.
-        let mut failed: Option<CopyError> = None;
-        while let Some(result) = stream.next().await {
-            match result {
-                Ok(Some((n, etag, len))) => {
-                    self.store.add_part(task.id, n, &etag, len)?;
-                    self.progress.set(task.id, |p| p.parts_done += 1);
-                    done.insert(n, (etag, len));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    stop.store(true, Ordering::Relaxed);
-                    failed.get_or_insert(e);
-                }
-            }
-        }
-        drop(stream);
-        if let Some(e) = failed {
-            return Err(self.forget_lost_upload(task, e));
-        }
-
-        let sent: u64 = done.values().map(|(_, len)| *len).sum();
-        if done.len() != part_count as usize || sent != size {
-            // Never complete an upload whose parts do not add up to the object: that would
-            // create a wrong version on the destination.
-            self.store.set_upload(task.id, None)?;
-            abort_upload(self.dst, &self.rule.destination.bucket, &task.key, &upload_id).await?;
-            return Err(CopyError::Retry(format!(
-                "the parts of {} add up to {sent} bytes in {} parts, not {size} in {part_count}; starting again",
-                self.dst_target(&task.key),
-                done.len()
-            )));
-        }
-        let mut parts: Vec<(i32, String)> = done.iter().map(|(n, (e, _))| (*n, e.clone())).collect();
-        parts.sort_by_key(|(n, _)| *n);
-        let expected = if dst_opaque.load(Ordering::Relaxed) {
-            None
-        } else {
-            multipart_etag(parts.iter().map(|(_, e)| e.as_str()))
+        let layout = Layout {
+            part_size,
+            size,
+            count: part_count,
         };
+        // Parts the source's ETag finds wrong are read again and sent again, a few rounds
+        // before the attempt gives up.
+        let mut round = 0;
+        let (parts, expected) = loop {
+            round += 1;
+            let whole = match vouch {
+                Vouch::Whole(md5) => Some((md5, Md5Sink::default())),
+                _ => None,
+            };
+            let all_read = match &whole {
+                // In order, one part at a time: the whole object's MD5 is fed as the bytes go.
+                Some((_, sink)) => {
+                    self.upload_in_order(task, &upload_id, layout, &mut done, sink, &dst_opaque)
+                        .await?
+                }
+                None => {
+                    self.upload_parts(task, &upload_id, layout, &mut done, &dst_opaque)
+                        .await?;
+                    true
+                }
+            };
+            if !all_read {
+                if round < VERIFY_ROUNDS {
+                    continue;
+                }
+                return Err(CopyError::Retry(format!(
+                    "reading {}: parts uploaded before differ from the source's bytes read again",
+                    self.src_target(task)
+                )));
+            }
+            let sent: u64 = done.values().map(|(_, len)| *len).sum();
+            if done.len() != part_count as usize || sent != size {
+                // Never complete an upload whose parts do not add up to the object: that would
+                // create a wrong version on the destination.
+                self.store.set_upload(task.id, None)?;
+                abort_upload(self.dst, &self.rule.destination.bucket, &task.key, &upload_id).await?;
+                return Err(CopyError::Retry(format!(
+                    "the parts of {} add up to {sent} bytes in {} parts, not {size} in {part_count}; starting again",
+                    self.dst_target(&task.key),
+                    done.len()
+                )));
+            }
+            let mut parts: Vec<(i32, String)> = done.iter().map(|(n, (e, _))| (*n, e.clone())).collect();
+            parts.sort_by_key(|(n, _)| *n);
+            let expected = if dst_opaque.load(Ordering::Relaxed) {
+                None
+            } else {
+                multipart_etag(parts.iter().map(|(_, e)| e.as_str()))
+            };
+            // Before the upload becomes a version: the source's ETag vouches for what was read.
+            let read_as_source_says = match (&vouch, &whole) {
+                (Vouch::Parts(source), _) => expected.as_deref().map(|e| e == source.as_str()),
+                (Vouch::Whole(_), Some((md5, sink))) => Some(take_md5(sink) == *md5),
+                _ => None,
+            };
+            if read_as_source_says != Some(false) {
+                break (parts, expected);
+            }
+            let differ = self.check_parts_again(task, layout, &mut done).await?;
+            if differ.is_empty() {
+                break (parts, expected);
+            }
+            let list: Vec<String> = differ.iter().map(i32::to_string).collect();
+            let why = format!(
+                "the parts read from {} do not add up to the source's ETag; read again, part {} differed from what was sent",
+                self.src_target(task),
+                list.join(", ")
+            );
+            if round >= VERIFY_ROUNDS {
+                return Err(CopyError::Retry(format!("verification failed: {why}")));
+            }
+            tracing::info!(key = %task.key, "{why}: sending it again");
+        };
+        // A migration's copy that a real-time change of the key overtook while its parts went
+        // would only add an old version: the upload is aborted instead.
+        if self.store.superseded(task)? {
+            return Err(CopyError::Gone(
+                "a newer change of this key came while it was copied; its upload is aborted".into(),
+            ));
+        }
         if let Some(expected) = &expected {
             self.store.set_replica_etag(task.id, expected)?;
         }
@@ -234,30 +265,288 @@ impl CopyCtx<'_> {
         })
     }
 
-    /// When the destination no longer knows the upload, forgets it and its parts so the next
-    /// attempt starts a new one.
-    fn forget_lost_upload(&self, task: &Task, err: CopyError) -> CopyError {
-        if let CopyError::Retry(msg) = &err
-            && msg.contains("NoSuchUpload")
-            && let Err(e) = self.store.set_upload(task.id, None)
-        {
-            tracing::warn!(task = task.id, error = %e, "could not forget a lost multipart upload");
+    /// Where the parts of a copy of `size` bytes are cut (part size, count), and what vouches for
+    /// the bytes read from the source:
+    /// - an MD5 ETag: the whole object's MD5, fed as the parts go in order;
+    /// - a multipart ETag, when the source tells its parts (HeadObject with `partNumber`) and
+    ///   they are even: the parts are cut where the source's are, and the MD5 of their MD5 sums
+    ///   must be that ETag (the replica then carries the source's ETag too);
+    /// - otherwise (ETags of encrypted objects, a layout the server does not tell) nothing
+    ///   beyond each part's own check at the destination.
+    async fn plan_parts(
+        &self,
+        task: &Task,
+        head: &HeadObjectOutput,
+        size: u64,
+    ) -> Result<(u64, u32, Vouch), CopyError> {
+        let (part_size, count) = part_layout(size, self.engine);
+        if opaque_etag(head.server_side_encryption(), head.sse_customer_algorithm()) {
+            return Ok((part_size, count, Vouch::Nothing));
         }
-        err
+        if let Some(md5) = etag_md5(head.e_tag(), false) {
+            return Ok((part_size, count, Vouch::Whole(md5)));
+        }
+        let etag = head.e_tag().map(normal_etag).unwrap_or_default();
+        if let Some(parts) = multipart_etag_parts(&etag)
+            && let Some(source_part) = self.source_part_size(task, size, parts).await?
+        {
+            return Ok((source_part, parts, Vouch::Parts(etag)));
+        }
+        tracing::debug!(key = %task.key, etag = %etag, "nothing vouches for the source's bytes beyond each part's check");
+        Ok((part_size, count, Vouch::Nothing))
     }
 
-    /// Copies one byte range of the source version into an uploaded part and checks it.
-    /// Streamed (memory: one chunk, hashed on the way) unless `buffer` is set or the
-    /// destination's part ETags turned out not to be MD5 sums; then the part is read into
-    /// memory first and sent with its Content-MD5, which the server checks.
-    async fn upload_part(
+    /// The size of the source version's parts, when the server tells it and they are even (all
+    /// but the last that size, `parts` of them, the last the rest) and between 5 MiB (S3's
+    /// least) and the most a copy cuts ([`MIRRORED_PART_MAX`] or `part_size`).
+    async fn source_part_size(&self, task: &Task, size: u64, parts: u32) -> Result<Option<u64>, CopyError> {
+        let Some(first) = self.head_part(task, 1).await? else {
+            return Ok(None);
+        };
+        let p = first.len;
+        if first.parts_count != Some(parts)
+            || first.start.is_some_and(|s| s != 0)
+            || p == 0
+            || size.div_ceil(p) != u64::from(parts)
+            || p > MIRRORED_PART_MAX.max(self.engine.part_size)
+            || (parts > 1 && p < MIN_PART)
+        {
+            return Ok(None);
+        }
+        if parts > 1 {
+            let last_start = u64::from(parts - 1) * p;
+            let Some(last) = self.head_part(task, parts).await? else {
+                return Ok(None);
+            };
+            if last.len != size - last_start || last.start.is_some_and(|s| s != last_start) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(p))
+    }
+
+    /// What HeadObject says of part `n` of the source version; `None` when the server refuses
+    /// the question (an error that is not worth another attempt) or gives no length.
+    async fn head_part(&self, task: &Task, n: u32) -> Result<Option<PartHead>, CopyError> {
+        let asked = self
+            .src
+            .client
+            .head_object()
+            .bucket(&self.rule.source.bucket)
+            .key(&task.key)
+            .version_id(&task.version_id)
+            .part_number(n as i32)
+            .send()
+            .await;
+        match asked {
+            Ok(out) => Ok(out.content_length().filter(|l| *l >= 0).map(|len| PartHead {
+                len: len as u64,
+                parts_count: out.parts_count().and_then(|c| u32::try_from(c).ok()),
+                start: out.content_range().and_then(range_start),
+            })),
+            Err(e) => {
+                let e = s3_error("HeadObject", &format!("{} part {n}", self.src_target(task)), e);
+                if e.status.is_none_or(|s| s >= 500 || s == 429) {
+                    return Err(CopyError::Retry(e.message));
+                }
+                tracing::debug!(key = %task.key, error = %e.message, "the source does not tell its parts");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Uploads the parts not in `done`, `part_concurrency` at a time, recording each once it is
+    /// verified. After a part fails, the parts already on their way finish and are recorded (no
+    /// new one starts), so that the next attempt sends only what did not arrive.
+    async fn upload_parts(
         &self,
         task: &Task,
         upload_id: &str,
-        part: PartRange,
-        buffer: bool,
+        layout: Layout,
+        done: &mut HashMap<i32, (String, u64)>,
         dst_opaque: &AtomicBool,
-    ) -> Result<(i32, String, u64), CopyError> {
+    ) -> Result<(), CopyError> {
+        let todo: Vec<i32> = (1..=layout.count).filter(|n| !done.contains_key(n)).collect();
+        let stop = AtomicBool::new(false);
+        let stop_ref = &stop;
+        let mut stream = futures::stream::iter(todo.into_iter().map(|n| {
+            let upload = self.upload_part(task, upload_id, layout.part(n), dst_opaque, None);
+            async move {
+                if stop_ref.load(Ordering::Relaxed) {
+                    return Ok(None);
+                }
+                upload.await.map(Some)
+            }
+        }))
+        .buffer_unordered(self.engine.part_concurrency);
+        let mut failed: Option<CopyError> = None;
+        while let Some(result) = stream.next().await {
+            match result {
+                Ok(Some((n, etag, len))) => self.record_part(task, done, n, etag, len)?,
+                Ok(None) => {}
+                Err(e) => {
+                    stop.store(true, Ordering::Relaxed);
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        drop(stream);
+        match failed {
+            Some(e) => Err(self.forget_lost_upload(task, e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Uploads the parts in order, one at a time, feeding every byte read into `whole` (the
+    /// whole object's MD5). Parts uploaded before are read again only to feed it, and checked
+    /// against what the destination acknowledged then: `false` when one differs (it is
+    /// forgotten, and `whole` is of no use).
+    async fn upload_in_order(
+        &self,
+        task: &Task,
+        upload_id: &str,
+        layout: Layout,
+        done: &mut HashMap<i32, (String, u64)>,
+        whole: &Md5Sink,
+        dst_opaque: &AtomicBool,
+    ) -> Result<bool, CopyError> {
+        for n in 1..=layout.count {
+            let part = layout.part(n);
+            if let Some((etag, _)) = done.get(&n) {
+                let again = Md5Sink::default();
+                self.hash_source_part(task, part, &[whole.clone(), again.clone()])
+                    .await?;
+                if !dst_opaque.load(Ordering::Relaxed) && etag_md5(Some(etag), false) != Some(take_md5(&again)) {
+                    tracing::info!(key = %task.key, part = n, "a part uploaded before differs from the source's bytes read again: it goes again");
+                    self.forget_part(task, done, n)?;
+                    return Ok(false);
+                }
+                continue;
+            }
+            let (n, etag, len) = self
+                .upload_part(task, upload_id, part, dst_opaque, Some(whole))
+                .await
+                .map_err(|e| self.forget_lost_upload(task, e))?;
+            self.record_part(task, done, n, etag, len)?;
+        }
+        Ok(true)
+    }
+
+    fn record_part(
+        &self,
+        task: &Task,
+        done: &mut HashMap<i32, (String, u64)>,
+        n: i32,
+        etag: String,
+        len: u64,
+    ) -> Result<(), CopyError> {
+        self.store.add_part(task.id, n, &etag, len)?;
+        self.progress.set(task.id, |p| p.parts_done += 1);
+        done.insert(n, (etag, len));
+        Ok(())
+    }
+
+    /// Forgets an uploaded part, so that the next attempt sends it again.
+    fn forget_part(&self, task: &Task, done: &mut HashMap<i32, (String, u64)>, n: i32) -> Result<(), CopyError> {
+        self.store.remove_part(task.id, n)?;
+        if let Some((_, len)) = done.remove(&n) {
+            self.progress.set(task.id, |p| {
+                p.parts_done = p.parts_done.saturating_sub(1);
+                p.bytes_done = p.bytes_done.saturating_sub(len);
+            });
+        }
+        Ok(())
+    }
+
+    /// The parts sent do not add up to what the source's ETag says. Each is read again and
+    /// compared with the MD5 the destination acknowledged for it: the parts that differ were
+    /// damaged on their way from the source, and are forgotten (returned) so that they go again.
+    /// When none differs, two reads agree and the source's ETag does not follow its bytes the way
+    /// S3's do (parts of uneven sizes, another scheme): the upload may be completed.
+    async fn check_parts_again(
+        &self,
+        task: &Task,
+        layout: Layout,
+        done: &mut HashMap<i32, (String, u64)>,
+    ) -> Result<Vec<i32>, CopyError> {
+        let sent: Option<Vec<(i32, [u8; 16])>> = done
+            .iter()
+            .map(|(n, (etag, _))| etag_md5(Some(etag), false).map(|md5| (*n, md5)))
+            .collect();
+        let Some(sent) = sent else {
+            // The destination's part ETags are not MD5 sums: nothing tells which part went
+            // wrong, so all of them go again.
+            let mut all: Vec<i32> = done.keys().copied().collect();
+            all.sort_unstable();
+            for n in &all {
+                self.forget_part(task, done, *n)?;
+            }
+            return Ok(all);
+        };
+        let checks = futures::stream::iter(sent.into_iter().map(|(n, md5)| async move {
+            let again = Md5Sink::default();
+            let read = self
+                .hash_source_part(task, layout.part(n), std::slice::from_ref(&again))
+                .await;
+            (n, read.map(|()| take_md5(&again) == md5))
+        }))
+        .buffer_unordered(self.engine.part_concurrency)
+        .collect::<Vec<_>>()
+        .await;
+        let mut differ = Vec::new();
+        let mut failed = None;
+        for (n, check) in checks {
+            match check {
+                Ok(true) => {}
+                Ok(false) => differ.push(n),
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        differ.sort_unstable();
+        for n in &differ {
+            self.forget_part(task, done, *n)?;
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if differ.is_empty() {
+            tracing::warn!(
+                key = %task.key,
+                "the source's ETag is not the MD5 of its parts as read (twice, alike): completing the upload"
+            );
+        }
+        Ok(differ)
+    }
+
+    /// Reads one part of the source version again, only to feed its bytes to `into`. A read
+    /// cut off is tried again at once, a few times, with `into` as it was before it.
+    async fn hash_source_part(&self, task: &Task, part: PartRange, into: &[Md5Sink]) -> Result<(), CopyError> {
+        let lock = |d: &Md5Sink| d.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let before: Vec<Md5> = into.iter().map(lock).collect();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.read_source_part(task, part, into).await {
+                Err(CopyError::Retry(e)) if tries < REREAD_TRIES => {
+                    tracing::debug!(key = %task.key, part = part.n, error = %e, "reading a part again");
+                    for (d, was) in into.iter().zip(&before) {
+                        *d.lock().unwrap_or_else(|p| p.into_inner()) = was.clone();
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(200 * tries as u64)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The source's answer to a GET of one part's byte range, once it says the range's length.
+    async fn get_part(
+        &self,
+        task: &Task,
+        part: PartRange,
+    ) -> Result<aws_sdk_s3::operation::get_object::GetObjectOutput, CopyError> {
         let PartRange { n, start, end } = part;
         let got = self
             .src
@@ -278,19 +567,86 @@ impl CopyCtx<'_> {
                 got.content_length()
             )));
         }
-        if buffer || dst_opaque.load(Ordering::Relaxed) {
+        Ok(got)
+    }
+
+    async fn read_source_part(&self, task: &Task, part: PartRange, into: &[Md5Sink]) -> Result<(), CopyError> {
+        let PartRange { n, start, end } = part;
+        let len = end - start;
+        let what = format!("reading part {n} of {} again", self.src_target(task));
+        let got = self.get_part(task, part).await?;
+        let activity = Activity::new(len);
+        let limits: Vec<&Limiter> = self.limits.iter().map(Arc::as_ref).collect();
+        let read = async {
+            let mut body = got.body;
+            let mut read = 0u64;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk?;
+                for d in into {
+                    d.lock().unwrap_or_else(|p| p.into_inner()).update(&chunk);
+                }
+                read += chunk.len() as u64;
+                activity.touch();
+                let wait = reserve_all(&limits, chunk.len() as u64);
+                if !wait.is_zero() {
+                    activity.pause_until(std::time::Instant::now() + wait);
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            Ok::<u64, aws_sdk_s3::primitives::ByteStreamError>(read)
+        };
+        let read = watch(read, &activity, self.engine.stall_timeout)
+            .await
+            .map_err(|stall| CopyError::Retry(format!("{what}: {}", stall.from_source())))?
+            .map_err(|e| CopyError::Retry(format!("{what}: {e}")))?;
+        if read != len {
+            return Err(CopyError::Retry(format!(
+                "{what}: the source sent {read} bytes, expected {len}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// When the destination no longer knows the upload, forgets it and its parts so the next
+    /// attempt starts a new one.
+    fn forget_lost_upload(&self, task: &Task, err: CopyError) -> CopyError {
+        if let CopyError::Retry(msg) = &err
+            && msg.contains("NoSuchUpload")
+            && let Err(e) = self.store.set_upload(task.id, None)
+        {
+            tracing::warn!(task = task.id, error = %e, "could not forget a lost multipart upload");
+        }
+        err
+    }
+
+    /// Copies one byte range of the source version into an uploaded part and checks it; every
+    /// byte read also feeds `whole` when given. Streamed (memory: one chunk, hashed on the way)
+    /// unless the destination's part ETags turned out not to be MD5 sums; then the part is read
+    /// into memory first and sent with its Content-MD5, which the server checks.
+    async fn upload_part(
+        &self,
+        task: &Task,
+        upload_id: &str,
+        part: PartRange,
+        dst_opaque: &AtomicBool,
+        whole: Option<&Md5Sink>,
+    ) -> Result<(i32, String, u64), CopyError> {
+        let PartRange { n, start, end } = part;
+        let got = self.get_part(task, part).await?;
+        let len = end - start;
+        if dst_opaque.load(Ordering::Relaxed) {
             return self
-                .upload_part_buffered(task, upload_id, n, got.body, len, dst_opaque)
+                .upload_part_buffered(task, upload_id, (n, len), got.body, dst_opaque, (whole, None))
                 .await;
         }
-        let digest = Arc::new(std::sync::Mutex::new(Md5::new()));
+        let digest = Md5Sink::default();
         let activity = Activity::new(len);
         let body = Metered::watched(
             got.body,
             task.id,
             self.progress.clone(),
             self.limits.clone(),
-            Some(digest.clone()),
+            std::iter::once(digest.clone()).chain(whole.cloned()).collect(),
             Some(activity.clone()),
         );
         let out = self.send_part(task, upload_id, n, len, None, body, &activity).await?;
@@ -313,18 +669,9 @@ impl CopyCtx<'_> {
                 dst_opaque.store(true, Ordering::Relaxed);
                 self.progress
                     .set(task.id, |p| p.bytes_done = p.bytes_done.saturating_sub(len));
-                let again = self
-                    .src
-                    .client
-                    .get_object()
-                    .bucket(&self.rule.source.bucket)
-                    .key(&task.key)
-                    .version_id(&task.version_id)
-                    .range(format!("bytes={}-{}", start, end - 1))
-                    .send()
-                    .await
-                    .map_err(|e| s3_error("GetObject", &self.src_target(task), e))?;
-                self.upload_part_buffered(task, upload_id, n, again.body, len, dst_opaque)
+                let again = self.get_part(task, part).await?;
+                // Read twice, the part's bytes must be the same (what `whole` has seen).
+                self.upload_part_buffered(task, upload_id, (n, len), again.body, dst_opaque, (None, Some(md5)))
                     .await
             }
         }
@@ -362,26 +709,37 @@ impl CopyCtx<'_> {
             .map_err(|e| s3_error("UploadPart", &self.dst_target(&task.key), e).into())
     }
 
-    /// One part read into memory, then sent with its Content-MD5.
+    /// One part (number, length) read into memory, then sent with its Content-MD5. The bytes
+    /// read also feed `whole` when given, and must have the MD5 `read_before` when given (the
+    /// part was read once already).
     async fn upload_part_buffered(
         &self,
         task: &Task,
         upload_id: &str,
-        n: i32,
+        (n, len): (i32, u64),
         body: ByteStream,
-        len: u64,
         dst_opaque: &AtomicBool,
+        (whole, read_before): (Option<&Md5Sink>, Option<[u8; 16]>),
     ) -> Result<(i32, String, u64), CopyError> {
         let read = Activity::new(len);
         let bytes = self.read_source(task, body, len, Some(n), &read).await?;
         let md5 = md5_of(&bytes);
+        if read_before.is_some_and(|before| before != md5) {
+            return Err(CopyError::Retry(format!(
+                "reading part {n} of {}: two reads of its bytes differ",
+                self.src_target(task)
+            )));
+        }
+        if let Some(whole) = whole {
+            whole.lock().unwrap_or_else(|p| p.into_inner()).update(&bytes);
+        }
         let activity = Activity::new(len);
         let body = Metered::watched(
             ByteStream::from(bytes),
             task.id,
             self.progress.clone(),
             self.limits.clone(),
-            None,
+            Vec::new(),
             Some(activity.clone()),
         );
         let out = self
@@ -400,6 +758,79 @@ impl CopyCtx<'_> {
             ))),
             // Equal, or not an MD5: the server checked the bytes against their Content-MD5.
             _ => Ok((n, etag, len)),
+        }
+    }
+}
+
+/// What vouches for the bytes a multipart copy reads from the source.
+pub(super) enum Vouch {
+    /// The source's multipart ETag, for parts cut where the source's are.
+    Parts(String),
+    /// The whole object's MD5 (its ETag): the parts go in order, fed to one MD5.
+    Whole([u8; 16]),
+    /// Nothing beyond each part's check at the destination.
+    Nothing,
+}
+
+/// Rounds of sending again the parts found wrong, within one attempt.
+const VERIFY_ROUNDS: usize = 3;
+
+/// Tries of one read of a part made only to check it.
+const REREAD_TRIES: u32 = 3;
+
+/// The least size S3 allows a part that is not the last.
+const MIN_PART: u64 = 5 << 20;
+
+/// The largest source part a copy cuts its own parts to match (or `engine.part_size` when that
+/// is larger); a part is held in memory when the destination's part ETags are not MD5 sums.
+const MIRRORED_PART_MAX: u64 = 64 << 20;
+
+/// What HeadObject with `partNumber` tells of one part.
+struct PartHead {
+    len: u64,
+    parts_count: Option<u32>,
+    /// Where the part starts, from `Content-Range` (servers that omit it answer 200).
+    start: Option<u64>,
+}
+
+/// The first byte of a `Content-Range` such as `bytes 0-5242879/10486760`.
+fn range_start(range: &str) -> Option<u64> {
+    range
+        .trim()
+        .strip_prefix("bytes ")?
+        .split('-')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The number of parts a multipart ETag (`<32 hex digits>-N`) stands for.
+fn multipart_etag_parts(etag: &str) -> Option<u32> {
+    let (md5, parts) = normal_etag(etag)
+        .split_once('-')
+        .map(|(a, b)| (a.to_string(), b.to_string()))?;
+    if md5.len() != 32 || !md5.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    parts.parse::<u32>().ok().filter(|p| (1..=10_000).contains(p))
+}
+
+/// How a version is cut into parts: all `part_size` bytes but the last.
+#[derive(Clone, Copy)]
+pub(super) struct Layout {
+    part_size: u64,
+    size: u64,
+    count: i32,
+}
+
+impl Layout {
+    fn part(&self, n: i32) -> PartRange {
+        let start = (n as u64 - 1) * self.part_size;
+        PartRange {
+            n,
+            start,
+            end: (start + self.part_size).min(self.size),
         }
     }
 }
@@ -517,5 +948,38 @@ mod tests {
         let parts = [format!("\"{}\"", hex::encode(a)), hex::encode(b).to_ascii_uppercase()];
         assert_eq!(multipart_etag(parts.iter().map(String::as_str)), Some(want));
         assert_eq!(multipart_etag(["\"kms-opaque\""].into_iter()), None);
+    }
+
+    #[test]
+    fn a_multipart_etag_tells_its_part_count() {
+        assert_eq!(multipart_etag_parts("\"c4b822de517febbbaca751cdd884ecfc-3\""), Some(3));
+        assert_eq!(
+            multipart_etag_parts("C4B822DE517FEBBBACA751CDD884ECFC-10000"),
+            Some(10_000)
+        );
+        assert_eq!(multipart_etag_parts("c4b822de517febbbaca751cdd884ecfc"), None);
+        assert_eq!(multipart_etag_parts("c4b822de517febbbaca751cdd884ecfc-0"), None);
+        assert_eq!(multipart_etag_parts("c4b822de517febbbaca751cdd884ecfc-10001"), None);
+        assert_eq!(multipart_etag_parts("not-an-md5-3"), None);
+        assert_eq!(multipart_etag_parts("zzb822de517febbbaca751cdd884ecfc-2"), None);
+    }
+
+    #[test]
+    fn a_content_range_tells_where_a_part_starts() {
+        assert_eq!(range_start("bytes 5242880-10485759/10486760"), Some(5_242_880));
+        assert_eq!(range_start("bytes 0-0/1"), Some(0));
+        assert_eq!(range_start("bytes */100"), None);
+        assert_eq!(range_start("items 0-1/2"), None);
+    }
+
+    #[test]
+    fn a_layout_cuts_every_part_but_the_last_to_size() {
+        let l = Layout {
+            part_size: 5,
+            size: 12,
+            count: 3,
+        };
+        let cut: Vec<(u64, u64)> = (1..=3).map(|n| l.part(n)).map(|p| (p.start, p.end)).collect();
+        assert_eq!(cut, [(0, 5), (5, 10), (10, 12)]);
     }
 }
