@@ -159,3 +159,83 @@ async fn a_full_state_directory_loses_nothing() {
     let status = env.rule_status("r").await;
     assert_eq!(status["failed_tasks"], 0, "{status}");
 }
+
+/// Remounts the tmpfs at `dir` read-only (`ro = true`) or read-write.
+fn remount(dir: &Path, ro: bool) {
+    let how = if ro { "remount,ro" } else { "remount,rw" };
+    let out = Command::new("mount")
+        .args(["-o", how])
+        .arg(dir)
+        .output()
+        .expect("run mount");
+    assert!(
+        out.status.success(),
+        "mount -o {how} {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A state directory that cannot be written (a read-only mount) is refused with a reason and a
+/// way forward, by `run --once` and by `serve`, and nothing in it changes; `status` still reads
+/// it. Once it takes writes again, the change made meanwhile replicates.
+#[tokio::test]
+async fn a_read_only_state_directory_is_refused_and_loses_nothing() {
+    let mut env = Env::start().await;
+    create_bucket(&env.gz, SRC, true).await;
+    create_bucket(&env.sh, DST, true).await;
+    let Some(fs) = Tmpfs::mount(&env.path().join("small"), "8m") else {
+        eprintln!("cannot mount a tmpfs here (not root, or mounts not allowed): the read-only test did nothing");
+        return;
+    };
+    env.state_dir = fs.0.join("state");
+    env.write_config(&[Rule::new("r", &format!("gz/{SRC}"), &format!("sh/{DST}"))]);
+    env.run_once().await.assert_ok();
+    put(
+        &env.gz,
+        SRC,
+        "while-read-only.txt",
+        "written while the state could not be",
+    )
+    .await;
+
+    remount(&fs.0, true);
+    for args in [&["run", "--once"][..], &["serve"][..]] {
+        let out = tokio::time::timeout(Duration::from_secs(30), env.crr(args))
+            .await
+            .unwrap_or_else(|_| panic!("crr {args:?} did not stop on a read-only state directory"));
+        assert_eq!(
+            out.code, 1,
+            "crr {args:?} on a read-only state directory: {}",
+            out.stderr
+        );
+        let said = out.stderr.to_lowercase();
+        assert!(
+            said.contains("cannot be written") && said.contains("read-only") && said.contains("--state"),
+            "crr {args:?} did not say what is wrong and what to do: {}",
+            out.stderr
+        );
+        assert!(!said.contains("panicked"), "{}", out.stderr);
+    }
+    let status = env.crr(&["status", "--json"]).await;
+    assert_eq!(
+        status.code, 0,
+        "status on a read-only state directory: {}",
+        status.stderr
+    );
+    assert_eq!(
+        find_rule_status(&status.json(), "r")["state"],
+        "enabled",
+        "{}",
+        status.stdout
+    );
+    assert_eq!(get_bytes(&env.sh, DST, "while-read-only.txt").await, None);
+
+    remount(&fs.0, false);
+    env.run_once().await.assert_ok();
+    assert_eq!(
+        get_bytes(&env.sh, DST, "while-read-only.txt").await.as_deref(),
+        Some(&b"written while the state could not be"[..]),
+        "the change made while the state directory was read-only was lost"
+    );
+}

@@ -401,7 +401,7 @@ pub async fn status(paths: &Paths, json: bool) -> Result<u8> {
     // The running engine's live snapshot (copies in flight included), else the state store's.
     let snapshot = match ServiceClient::connect(&paths.state).await? {
         Some(client) => client.snapshot().await?,
-        None => crate::engine::offline_snapshot(&config, &Store::open(&paths.state)?)?,
+        None => crate::engine::offline_snapshot(&config, &Store::open_for_reading(&paths.state)?)?,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&output::status_json(&snapshot))?);
@@ -413,7 +413,7 @@ pub async fn status(paths: &Paths, json: bool) -> Result<u8> {
 }
 
 pub async fn queue(paths: &Paths, failed_only: bool, json: bool) -> Result<u8> {
-    let store = Store::open(&paths.state)?;
+    let store = Store::open_for_reading(&paths.state)?;
     let states: &[&str] = if failed_only {
         &["failed"]
     } else {
@@ -461,7 +461,7 @@ pub async fn retry(paths: &Paths, ids: Vec<i64>, rule: Option<String>, all: bool
 
 pub async fn rule_list(paths: &Paths) -> Result<u8> {
     let config = load(paths)?;
-    let store = Store::open(&paths.state)?;
+    let store = Store::open_for_reading(&paths.state)?;
     output::print_rules(&config, &store)?;
     Ok(0)
 }
@@ -530,7 +530,7 @@ pub async fn diff(paths: &Paths, id: &str) -> Result<u8> {
     let config = load(paths)?;
     let rule = find_rule(&config, id)?;
     let clients = Clients::connect(&config).await;
-    let store = Store::open(&paths.state)?;
+    let store = Store::open_for_reading(&paths.state)?;
     let report = crate::engine::diff::diff(&clients, &store, rule).await?;
     for key in &report.missing {
         println!("missing on destination: {key}");

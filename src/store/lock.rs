@@ -68,7 +68,40 @@ pub fn create_state_dir(dir: &Path) -> Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .with_context(|| format!("creating the state directory {}", dir.display()))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EROFS | libc::EACCES | libc::EPERM) => anyhow::anyhow!(
+                "the state directory {} cannot be created ({e}): crr keeps its queue, its log and \
+                 its lock there. Point --state (or CRR_STATE) at a directory this user may write in",
+                dir.display()
+            ),
+            _ => anyhow::Error::new(e).context(format!("creating the state directory {}", dir.display())),
+        })?;
+    writable(dir).map_err(|e| not_writable(dir, &e))
+}
+
+/// Whether this process may write in the existing directory `dir` (a read-only mount, or
+/// permissions, may forbid it).
+pub fn writable(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: `path` is a valid NUL-terminated string; access() has no other preconditions.
+    if unsafe { libc::access(path.as_ptr(), libc::W_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The error for a state directory crr may not write in.
+fn not_writable(dir: &Path, e: &std::io::Error) -> anyhow::Error {
+    anyhow::anyhow!(
+        "the state directory {} cannot be written ({e}): crr keeps its queue, its log and its lock \
+         there, and changed nothing in it. Make it writable again (remount it read-write, or give \
+         this user write permission), or point --state (or CRR_STATE) at another directory; \
+         `crr status` can still read it as it is",
+        dir.display()
+    )
 }
 
 /// Checks that an existing state directory is closed to other users; `None` when it is (or does

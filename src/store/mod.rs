@@ -445,6 +445,53 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens the state database in `dir` to read it: as [`Store::open`] does, unless crr may not
+    /// write in `dir` (a read-only mount); then the database is read as it is, and nothing is
+    /// written.
+    pub fn open_for_reading(dir: &Path) -> Result<Store> {
+        let path = dir.join("crr.db");
+        if lock::writable(dir).is_ok() || !path.exists() {
+            return Store::open(dir);
+        }
+        use rusqlite::OpenFlags;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let read = |conn: Connection| -> Result<Store> {
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            let version: i64 = conn.row("PRAGMA user_version", [], |r| r.get(0))?;
+            if version != SCHEMA_VERSION {
+                anyhow::bail!(
+                    "it was written by another crr (state layout {version}; this crr knows layout \
+                     {SCHEMA_VERSION}) and cannot be brought up to date where it cannot be written"
+                );
+            }
+            let store = Store {
+                conn: Mutex::new(conn),
+                tally: Mutex::new(Tallies::default()),
+                dir: dir.to_path_buf(),
+            };
+            store.reload_tally()?;
+            Ok(store)
+        };
+        // The write-ahead log needs its shared-memory file, which a read-only directory may
+        // lack: then the database file is read as it stands (a clean stop leaves it complete).
+        let uri = |extra: &str| {
+            let encoded =
+                percent_encoding::utf8_percent_encode(&path.to_string_lossy(), percent_encoding::NON_ALPHANUMERIC)
+                    .to_string()
+                    .replace("%2F", "/");
+            format!("file:{encoded}?mode=ro{extra}")
+        };
+        Connection::open_with_flags(uri(""), flags)
+            .map_err(anyhow::Error::from)
+            .and_then(read)
+            .or_else(|_| {
+                Connection::open_with_flags(uri("&immutable=1"), flags)
+                    .map_err(anyhow::Error::from)
+                    .and_then(read)
+            })
+            .map_err(|e| damaged(e, &path))
+    }
+
     fn tallies(&self) -> MutexGuard<'_, Tallies> {
         self.tally.lock().unwrap_or_else(|p| p.into_inner())
     }
