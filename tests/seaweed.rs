@@ -467,12 +467,22 @@ async fn compare_history(env: &Env) -> Vec<String> {
     problems
 }
 
+/// Whether a rule's status (`crr status --json`) says every change made before `t` is
+/// replicated: nothing queued, and a last sync point past `t` (it has a resolution of a second).
+fn synced_past(rule: &serde_json::Value, t: std::time::SystemTime) -> bool {
+    let synced = rule["last_sync_point"]
+        .as_str()
+        .and_then(|p| humantime::parse_rfc3339(p).ok());
+    rule["pending_tasks"] == 0 && synced.is_some_and(|p| p >= t + Duration::from_secs(1))
+}
+
 /// `crr serve` runs while the source keeps changing and is killed with SIGKILL `n` times at
 /// random moments, each time started again. The rule is enabled by the first serve, with
 /// `historical = true` and objects already on the source, so the first kill lands while its
 /// baseline is listed or its migration copies; the second comes just after the rule was
 /// disabled and enabled again (writes pause for the toggle: what is written while a rule is
-/// disabled is, by design, not replicated). Then the writes stop, serve is stopped, and one
+/// disabled is, by design, not replicated); the third lands while the rule is enabled again, as
+/// its new baseline is listed. Then the writes stop, serve is stopped, and one
 /// `crr run --once` must catch up: exit 0, the destination's current objects equal the source's,
 /// every historical object copied, deleted keys hidden, no multipart upload left open.
 async fn survives_sigkill(source: Kind, destination: Kind) {
@@ -521,22 +531,60 @@ async fn survives_sigkill(source: Kind, destination: Kind) {
                 // While the rule is enabled: its baseline listing or its migration.
                 0 => tokio::time::sleep(killer_rng.millis(100, 1_500)).await,
                 1 => {
-                    // The toggle, once the writes have paused and the queue and the migration
-                    // are done: a disable drops what is still queued, by design (the catch-up
-                    // for that is `crr migrate start`, tested in tests/control.rs).
+                    // The toggle, once the writes have paused and every change before the pause
+                    // is replicated (the migration too): a disable drops what is still queued,
+                    // and a change not found yet belongs to the next enable point's baseline,
+                    // by design (the catch-up for that is `crr migrate start`, tested in
+                    // tests/control.rs).
                     paused.set(true);
                     while !idle.get() {
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
+                    let paused_at = std::time::SystemTime::now();
                     wait_until(Duration::from_secs(120), || async {
                         let r = env.rule_status("soak").await;
-                        r["migration"]["state"] == "completed" && r["pending_tasks"] == 0
+                        r["migration"]["state"] == "completed" && synced_past(&r, paused_at)
                     })
                     .await;
                     env.crr(&["rule", "disable", "soak"]).await.assert_ok();
                     env.crr(&["rule", "enable", "soak"]).await.assert_ok();
                     paused.set(false);
                     tokio::time::sleep(killer_rng.millis(0, 500)).await;
+                }
+                2 => {
+                    // Killed while the rule is enabled again through the service: its new
+                    // baseline is listed then. The kill may land before the enable, during it
+                    // or after it; the command waits for its answer or for the service to go.
+                    paused.set(true);
+                    while !idle.get() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    let paused_at = std::time::SystemTime::now();
+                    wait_until(Duration::from_secs(120), || async {
+                        synced_past(&env.rule_status("soak").await, paused_at)
+                    })
+                    .await;
+                    env.crr(&["rule", "disable", "soak"]).await.assert_ok();
+                    let enable = env.crr(&["rule", "enable", "soak"]);
+                    tokio::pin!(enable);
+                    let answered = tokio::select! {
+                        out = &mut enable => Some(out),
+                        _ = tokio::time::sleep(killer_rng.millis(0, 300)) => None,
+                    };
+                    serve.kill();
+                    kill_times.push(moment(started));
+                    let out = match answered {
+                        Some(out) => out,
+                        None => enable.await,
+                    };
+                    if out.code != 0 {
+                        // The service went before it answered: the operator says it again.
+                        eprintln!("the enable cut off by the kill said: {}", out.describe());
+                        env.crr(&["rule", "enable", "soak"]).await.assert_ok();
+                    }
+                    serve = env.spawn_serve();
+                    paused.set(false);
+                    continue;
                 }
                 _ => tokio::time::sleep(killer_rng.millis(300, 4_000)).await,
             }

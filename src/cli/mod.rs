@@ -482,7 +482,12 @@ pub async fn rule_set(paths: &Paths, id: &str, enable: bool) -> Result<u8> {
     if enable && !answer.contains("already enabled") {
         // Enabling runs preflight and lists the baseline: its outcome comes as an event.
         loop {
-            match events.recv().await {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                // The service went (killed, say) before it said how the enable ended.
+                () = driver.handle().closed() => Err(tokio::sync::broadcast::error::RecvError::Closed),
+            };
+            match event {
                 Ok(Event::RuleEnabled { rule, message, .. }) if rule == id => {
                     println!("{message}");
                     break;
@@ -497,7 +502,8 @@ pub async fn rule_set(paths: &Paths, id: &str, enable: bool) -> Result<u8> {
                 Ok(_) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(_) => anyhow::bail!(
-                    "the engine stopped before rule {id:?} was enabled; see {}",
+                    "the engine stopped before rule {id:?} was enabled: `crr status` shows \
+                     whether it is; if not, run `crr rule enable {id}` again (see {})",
                     paths.state.join("crr.log").display()
                 ),
             }

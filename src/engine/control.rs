@@ -59,6 +59,12 @@ impl EngineHandle {
         self.tx.is_closed()
     }
 
+    /// Completes when the engine behind this handle has gone. Its events may then never end:
+    /// whoever waits for one should wait for this too.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
     /// A handle over channels served by someone else (the service socket's client).
     pub(super) fn from_parts(
         tx: mpsc::Sender<Request>,
