@@ -346,7 +346,10 @@ impl CopyCtx<'_> {
             })),
             Err(e) => {
                 let e = s3_error("HeadObject", &format!("{} part {n}", self.src_target(task)), e);
-                if e.status.is_none_or(|s| s >= 500 || s == 429) {
+                // The network or a server error: ask again later (S3 answers 500 and 503 to be
+                // retried). Any other answer (501 Not Implemented, 400, 416) means it does not
+                // tell, and the copy goes on without what the answer would vouch for.
+                if e.status.is_none_or(|s| (s >= 500 && s != 501) || s == 429) {
                     return Err(CopyError::Retry(e.message));
                 }
                 tracing::debug!(key = %task.key, error = %e.message, "the source does not tell its parts");
