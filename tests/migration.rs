@@ -2,9 +2,11 @@
 //! two moto S3 servers.
 
 mod common;
+mod proxy;
 
-use common::{Env, Kind, create_bucket, get_bytes, key_versions, put};
+use common::{Env, Kind, create_bucket, get_bytes, key_versions, put, wait_until};
 use futures::StreamExt;
+use proxy::SlowProxy;
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -18,6 +20,18 @@ fn write_config(env: &Env, engine_extra: &str, rules: &str) {
         env.gz.region, env.gz.url, env.sh.region, env.sh.url
     );
     env.write_config_text(&text);
+}
+
+/// `write_config`, with endpoint gz reached through `proxy`.
+fn write_config_through(env: &Env, proxy: &SlowProxy, rules: &str) {
+    write_config(env, "", rules);
+    let text = env.read_config_text().replace(&env.gz.url, &proxy.url);
+    env.write_config_text(&text);
+}
+
+/// The host:port of an endpoint's URL, for a proxy in front of it.
+fn address(url: &str) -> String {
+    url.trim_start_matches("http://").trim_end_matches('/').to_string()
 }
 
 fn rule(id: &str, src: &str, dst: &str, extra: &str) -> String {
@@ -148,6 +162,81 @@ async fn historical_true_starts_a_migration_when_the_rule_is_first_enabled() {
         Some(&b"existing"[..])
     );
     assert_eq!(migration(&env, "auto").await["state"], "completed");
+}
+
+/// A rule enabled for the first time with `historical = true` lists the source once: that
+/// listing gives both its baseline and its migration, and counts as the run's scan. The next
+/// run lists again and replicates what was written since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_historical_run_lists_the_source_once() {
+    let env = Env::start().await;
+    create_bucket(&env.gz, "once", true).await;
+    create_bucket(&env.sh, "once-dr", true).await;
+    for i in 0..5 {
+        put(&env.gz, "once", &format!("k/{i}"), vec![b'a' + i as u8; 100 + i]).await;
+    }
+    let proxy = SlowProxy::counting(address(&env.gz.url), "versions").await;
+    write_config_through(&env, &proxy, &rule("once", "once", "once-dr", "historical = true"));
+
+    env.run_once().await.assert_ok();
+    for i in 0..5 {
+        assert_eq!(
+            get_bytes(&env.sh, "once-dr", &format!("k/{i}")).await,
+            Some(vec![b'a' + i as u8; 100 + i])
+        );
+    }
+    let status = env.rule_status("once").await;
+    assert_eq!(status["migration"]["state"], "completed", "{status}");
+    assert_eq!(status["migration"]["total_objects"], 5, "{status}");
+    assert!(
+        status["last_sync_point"].is_string(),
+        "the listing counts as a scan: {status}"
+    );
+    assert_eq!(proxy.counted(), 1, "ListObjectVersions requests in the first run");
+
+    put(&env.gz, "once", "later", "written after the first run").await;
+    env.run_once().await.assert_ok();
+    assert_eq!(proxy.counted(), 2, "the second run scans");
+    assert_eq!(
+        get_bytes(&env.sh, "once-dr", "later").await.as_deref(),
+        Some(&b"written after the first run"[..])
+    );
+}
+
+/// Killed while a `historical = true` rule's first baseline is listed, crr starts that enabling
+/// again on the next run, and the migration still copies every object.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_during_the_first_enabling_still_migrates_everything() {
+    let env = Env::start().await;
+    create_bucket(&env.gz, "first", true).await;
+    create_bucket(&env.sh, "first-dr", true).await;
+    for i in 0..20 {
+        put(&env.gz, "first", &format!("k/{i:02}"), format!("object {i}")).await;
+    }
+    let proxy = SlowProxy::start(address(&env.gz.url)).await;
+    write_config_through(&env, &proxy, &rule("first", "first", "first-dr", "historical = true"));
+    // Every answer of the source takes a second: the listing is slow enough to be caught.
+    proxy.set_delay(Duration::from_secs(1));
+    let mut serve = env.spawn_serve();
+    let enabling = wait_until(Duration::from_secs(60), || async {
+        env.rule_status("first").await["state"] == "enabling"
+    })
+    .await;
+    assert!(enabling, "the rule never showed as enabling: {}", serve.output());
+    serve.kill();
+    proxy.set_delay(Duration::ZERO);
+
+    env.run_once().await.assert_ok();
+    for i in 0..20 {
+        assert_eq!(
+            get_bytes(&env.sh, "first-dr", &format!("k/{i:02}")).await,
+            Some(format!("object {i}").into_bytes()),
+            "k/{i:02} was not migrated"
+        );
+    }
+    let m = migration(&env, "first").await;
+    assert_eq!(m["state"], "completed", "{m}");
+    assert_eq!(m["total_objects"], 20, "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

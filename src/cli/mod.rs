@@ -321,7 +321,7 @@ pub async fn run_once(paths: &Paths) -> Result<u8> {
         print_refusals(&rec.refused);
         return Err(Invalid("preflight refused; nothing was replicated".into()).into());
     }
-    let summary = engine.run_once().await?;
+    let summary = engine.run_once_after(&rec).await?;
     if signalled.is_cancelled() {
         eprintln!(
             "crr: interrupted: {} change(s) replicated; what is left runs on the next `crr run --once`",

@@ -443,15 +443,7 @@ impl Core {
                     )),
                     Ok(m) => {
                         self.work.notify_waiters();
-                        let mut msg = format!(
-                            "migration of rule {id:?} started: the latest version of every object in {} ({}) that exists now is copied to {} when missing or different (overwrite = \"{overwrite}\")",
-                            rule.source,
-                            rule.scope_text(),
-                            rule.destination
-                        );
-                        for w in preflight::warnings(rule) {
-                            msg.push_str(&format!("\nwarning: {w}"));
-                        }
+                        let msg = migration_started(rule);
                         changed(m, "listing", &msg);
                         Ok(msg)
                     }
@@ -560,4 +552,20 @@ async fn command_loop(
         }
         let _ = reply.send(answer);
     }
+}
+
+/// What starting a migration of `rule` says: what it copies, and the rule's warnings.
+pub(super) fn migration_started(rule: &config::Rule) -> String {
+    let mut msg = format!(
+        "migration of rule {:?} started: the latest version of every object in {} ({}) that exists now is copied to {} when missing or different (overwrite = \"{}\")",
+        rule.id,
+        rule.source,
+        rule.scope_text(),
+        rule.destination,
+        rule.overwrite.as_str()
+    );
+    for w in preflight::warnings(rule) {
+        msg.push_str(&format!("\nwarning: {w}"));
+    }
+    msg
 }

@@ -3,7 +3,7 @@
 //! transaction, so memory stays flat and a restart continues where the listing stopped.
 
 use crate::config::{Overwrite, Rule};
-use crate::s3::S3;
+use crate::s3::{S3, VersionEntry};
 use crate::store::{NewChange, Store, TaskKind};
 use anyhow::Result;
 use std::collections::{HashSet, VecDeque};
@@ -48,9 +48,7 @@ pub async fn list(
             .list_versions_page(&rule.source.bucket, prefix, m.marker.clone())
             .await?;
         let mut objects = existing_objects(store, rule, page.entries.iter())?;
-        if m.overwrite == Overwrite::IfDifferent.as_str()
-            && let Some(last) = page.entries.iter().map(|e| e.key.as_str()).max()
-        {
+        if m.overwrite == Overwrite::IfDifferent.as_str() {
             let c = cursor.get_or_insert_with(|| {
                 DestCursor::new(
                     dst,
@@ -59,20 +57,92 @@ pub async fn list(
                     m.marker.as_ref().map(|(k, _)| k.as_str()),
                 )
             });
-            c.mark_absent(&mut objects, last).await;
+            c.mark_page(&mut objects, &page.entries).await;
         }
-        let (position, done) = match page.next {
-            Some(marker) => ((idx as i64, Some(marker)), false),
-            None => {
-                cursor = None;
-                ((idx as i64 + 1, None), idx + 1 >= prefixes.len())
-            }
-        };
+        let (position, done) = position_after(&page.next, idx, prefixes.len());
+        if page.next.is_none() {
+            cursor = None;
+        }
         store.add_migration_page(&m, generation, &objects, position, done)?;
         page_done();
         if done {
             return Ok(Listed::Done);
         }
+    }
+}
+
+/// Lists the rule's scope once, for a rule enabled for the first time with `historical`: every
+/// version in scope goes into the baseline (as `scan::baseline` does) and the latest version of
+/// each object into the migration `id`, created just before, page by page. One listing instead
+/// of two. If the migration is paused or cancelled meanwhile, the pages that follow go into
+/// the baseline only; a resumed migration lists on from its saved position once the rule is
+/// enabled. Returns how many versions the baseline holds.
+pub async fn list_with_baseline(
+    (src, dst): (&S3, &S3),
+    rule: &Rule,
+    store: &Store,
+    generation: i64,
+    id: i64,
+    page_done: impl Fn(),
+) -> Result<usize> {
+    let prefixes = rule.scan_prefixes();
+    let mut total = 0;
+    let mut feeding = true;
+    for (idx, prefix) in prefixes.iter().enumerate() {
+        let mut marker = None;
+        let mut cursor = None;
+        loop {
+            let page = src.list_versions_page(&rule.source.bucket, prefix, marker).await?;
+            let baseline: Vec<(String, String)> = page
+                .entries
+                .iter()
+                .filter(|e| rule.in_scope(&e.key))
+                .map(|e| (e.key.clone(), e.version_id.clone()))
+                .collect();
+            total += baseline.len();
+            store.add_baseline(&rule.id, generation, &baseline)?;
+            if feeding {
+                let Some(m) = store.migration(id)? else {
+                    anyhow::bail!("migration {id} of rule {:?} is gone", rule.id);
+                };
+                // Everything listed is in the baseline now: each object's latest version is
+                // the migration's.
+                let mut objects: Vec<NewChange> = latest_in_scope(rule, page.entries.iter()).map(change).collect();
+                if m.overwrite == Overwrite::IfDifferent.as_str() {
+                    cursor
+                        .get_or_insert_with(|| DestCursor::new(dst, &rule.destination.bucket, prefix, None))
+                        .mark_page(&mut objects, &page.entries)
+                        .await;
+                }
+                let (position, done) = position_after(&page.next, idx, prefixes.len());
+                feeding = store.add_migration_page(&m, generation, &objects, position, done)?;
+                page_done();
+            }
+            match page.next {
+                Some(next) => marker = Some(next),
+                None => break,
+            }
+        }
+    }
+    if prefixes.is_empty()
+        && feeding
+        && let Some(m) = store.migration(id)?
+    {
+        store.add_migration_page(&m, generation, &[], (0, None), true)?;
+    }
+    Ok(total)
+}
+
+/// Where a migration's listing stands after a page of prefix `idx` (of `prefixes`), and
+/// whether it is done.
+fn position_after(
+    next: &Option<(String, String)>,
+    idx: usize,
+    prefixes: usize,
+) -> ((i64, Option<(String, String)>), bool) {
+    match next {
+        Some(marker) => ((idx as i64, Some(marker.clone())), false),
+        None => ((idx as i64 + 1, None), idx + 1 >= prefixes),
     }
 }
 
@@ -116,6 +186,13 @@ impl<'a> DestCursor<'a> {
             exhausted: false,
             passed: from.map(str::to_string),
             broken: false,
+        }
+    }
+
+    /// Marks the objects of a source page listing `entries` that the destination does not hold.
+    async fn mark_page(&mut self, objects: &mut [NewChange], entries: &[VersionEntry]) {
+        if let Some(last) = entries.iter().map(|e| e.key.as_str()).max() {
+            self.mark_absent(objects, last).await;
         }
     }
 
@@ -188,26 +265,36 @@ impl<'a> DestCursor<'a> {
 fn existing_objects<'e>(
     store: &Store,
     rule: &Rule,
-    entries: impl Iterator<Item = &'e crate::s3::VersionEntry>,
+    entries: impl Iterator<Item = &'e VersionEntry>,
 ) -> Result<Vec<NewChange>> {
-    let latest: Vec<&crate::s3::VersionEntry> = entries
-        .filter(|e| e.is_latest && !e.delete_marker && rule.in_scope(&e.key))
-        .collect();
+    let latest: Vec<&VersionEntry> = latest_in_scope(rule, entries).collect();
     let baseline = store.baseline_of(&rule.id, latest.iter().map(|e| (e.key.as_str(), e.version_id.as_str())))?;
-    let mut out = Vec::new();
-    for (e, base) in latest.into_iter().zip(baseline) {
-        if base {
-            out.push(NewChange {
-                queue: true,
-                kind: TaskKind::Put,
-                key: e.key.clone(),
-                version_id: e.version_id.clone(),
-                size: e.size,
-                etag: e.etag.clone(),
-                source_time: e.last_modified,
-                dest_absent: false,
-            });
-        }
+    Ok(latest
+        .into_iter()
+        .zip(baseline)
+        .filter(|(_, base)| *base)
+        .map(|(e, _)| change(e))
+        .collect())
+}
+
+/// The latest version of each object in scope among `entries` (delete markers left out).
+fn latest_in_scope<'e>(
+    rule: &Rule,
+    entries: impl Iterator<Item = &'e VersionEntry>,
+) -> impl Iterator<Item = &'e VersionEntry> {
+    entries.filter(|e| e.is_latest && !e.delete_marker && rule.in_scope(&e.key))
+}
+
+/// The migration task for copying a listed version.
+fn change(e: &VersionEntry) -> NewChange {
+    NewChange {
+        queue: true,
+        kind: TaskKind::Put,
+        key: e.key.clone(),
+        version_id: e.version_id.clone(),
+        size: e.size,
+        etag: e.etag.clone(),
+        source_time: e.last_modified,
+        dest_absent: false,
     }
-    Ok(out)
 }

@@ -44,6 +44,8 @@ use tokio_util::sync::CancellationToken;
 pub struct Reconciled {
     pub messages: Vec<String>,
     pub refused: Vec<Refusal>,
+    /// Rules whose baseline this listed, by id: (generation, when the listing began, unix ms).
+    pub listed: HashMap<String, (i64, i64)>,
 }
 
 /// Summary of one `run_once`.
@@ -96,6 +98,8 @@ pub struct Core {
     /// Per rule: cancelled when the rule stops, to end its enabling and its scan.
     rule_tokens: Mutex<HashMap<String, CancellationToken>>,
     scan_failing: Mutex<HashSet<String>>,
+    /// Asks the progress sampler for a sample at once.
+    sample_now: Arc<sampler::SampleNow>,
     /// Tasks whose outcome could not be written (state directory full or read-only): given
     /// back to the queue as soon as the store takes writes again.
     unreleased: Mutex<Vec<i64>>,
@@ -175,6 +179,7 @@ impl Engine {
             probe: Notify::new(),
             rule_tokens: Mutex::new(HashMap::new()),
             scan_failing: Mutex::new(HashSet::new()),
+            sample_now: Arc::default(),
             unreleased: Mutex::new(Vec::new()),
             store_failing: AtomicBool::new(false),
             config: RwLock::new(Arc::new(config)),
@@ -205,7 +210,13 @@ impl Engine {
     /// Catches every enabled rule up: one scan (beside the copies), and every queued task to its
     /// end.
     pub async fn run_once(&self) -> Result<RunSummary> {
-        self.core.clone().run_once().await
+        self.core.clone().run_once(HashMap::new()).await
+    }
+
+    /// `run_once` straight after `reconcile`: the baselines it listed count as this run's scan
+    /// of their rules, which are not listed a second time.
+    pub async fn run_once_after(&self, reconciled: &Reconciled) -> Result<RunSummary> {
+        self.core.clone().run_once(reconciled.listed.clone()).await
     }
 
     /// Runs until `shutdown` (or `Command::Shutdown`): scans every `scan_interval` and copies
@@ -330,7 +341,16 @@ impl Core {
                     self.emit(Event::Notice { message: m.clone() });
                     out.messages.push(m);
                 }
-                let (enable_point, existing) = match self.enable_rule(rule, &token).await {
+                // A rule enabled for the first time (or whose first enabling never finished)
+                // with `historical` migrates what exists: one listing feeds both its baseline and
+                // the migration.
+                let migrate = rule.historical && state.as_ref().is_none_or(|s| s.enable_point.is_none());
+                let Enabled {
+                    enable_point,
+                    existing,
+                    migration,
+                    listed,
+                } = match self.enable_rule(rule, &token, migrate).await {
                     Ok(v) => v,
                     Err(e) => {
                         let reason = format!("{e:#}");
@@ -365,10 +385,20 @@ impl Core {
                     message: message.clone(),
                 });
                 out.messages.extend(message.lines().map(str::to_string));
-                if state.is_none() && rule.historical {
-                    match self.migrate_command(MigrateAction::Start, &rule.id).await {
-                        Ok(m) | Err(m) => out.messages.push(m),
-                    }
+                out.listed.insert(rule.id.clone(), listed);
+                if let Some(m) = migration {
+                    let message = control::migration_started(rule);
+                    let state = match self.store.migration(m)? {
+                        Some(m) => self.store.migration_counts(&m).state(),
+                        None => "listing",
+                    };
+                    self.emit(Event::MigrationChanged {
+                        rule: rule.id.clone(),
+                        migration: m,
+                        state: state.to_string(),
+                        message: message.clone(),
+                    });
+                    out.messages.extend(message.lines().map(str::to_string));
                 }
             } else if state
                 .as_ref()
@@ -395,19 +425,38 @@ impl Core {
     }
 
     /// Records a new enable point: every version that exists now is part of the baseline and is
-    /// never replicated in real time; versions not in the baseline are new. Returns the enable
-    /// point and the size of the baseline. A disable while the baseline is listed cancels it.
-    async fn enable_rule(&self, rule: &Rule, token: &CancellationToken) -> Result<(i64, usize)> {
+    /// never replicated in real time; versions not in the baseline are new. With `migrate`, the
+    /// same listing queues a migration of what exists. Returns the enable point, the size of the
+    /// baseline and the migration. A disable while the baseline is listed cancels it.
+    async fn enable_rule(&self, rule: &Rule, token: &CancellationToken, migrate: bool) -> Result<Enabled> {
         if token.is_cancelled() {
             anyhow::bail!("rule {:?} was disabled while it was being enabled", rule.id);
         }
         let generation = self
             .store
             .begin_enable(&rule.id, &rule.scope_signature(), &rule.destination.to_string())?;
+        let migration = if migrate {
+            Some(self.first_migration(rule)?)
+        } else {
+            None
+        };
         let clients = self.clients();
-        let src = clients.get(&rule.source.endpoint)?;
-        let existing = tokio::select! {
-            r = scan::baseline(src, rule, generation, &self.store) => r?,
+        let started = now_ms();
+        let listing = async {
+            let src = clients.get(&rule.source.endpoint)?;
+            match migration {
+                Some(id) => {
+                    let dst = clients.get(&rule.destination.endpoint)?;
+                    migrate::list_with_baseline((src, dst), rule, &self.store, generation, id, || {
+                        self.work.notify_waiters()
+                    })
+                    .await
+                }
+                None => scan::baseline(src, rule, generation, &self.store).await,
+            }
+        };
+        let listed = tokio::select! {
+            r = listing => r,
             _ = token.cancelled() => {
                 // Whoever cancelled stopped the rule; make sure no half-enabled state is left.
                 if let Ok(Some(s)) = self.store.rule_state(&rule.id)
@@ -419,12 +468,41 @@ impl Core {
                 anyhow::bail!("rule {:?} was disabled or changed while its baseline was being listed", rule.id)
             }
         };
+        let existing = match listed {
+            Ok(n) => n,
+            Err(e) => {
+                // The next enabling starts a migration afresh: none is left half-listed.
+                if let Some(id) = migration {
+                    self.store.cancel_migration(id)?;
+                }
+                return Err(e);
+            }
+        };
         let enable_point = now_ms();
         if !self.store.finish_enable(&rule.id, generation, enable_point)? {
             anyhow::bail!("rule {:?} was disabled or changed while it was being enabled", rule.id);
         }
         self.work.notify_waiters();
-        Ok((enable_point, existing))
+        Ok(Enabled {
+            enable_point,
+            existing,
+            migration,
+            listed: (generation, started),
+        })
+    }
+
+    /// Creates the migration of a rule's first enabling. One left by an earlier enabling that
+    /// never finished (a crash while it listed) is cancelled first: its tasks belong to an
+    /// older generation.
+    fn first_migration(&self, rule: &Rule) -> Result<i64> {
+        loop {
+            match self.store.create_migration(&rule.id, rule.overwrite.as_str())? {
+                Ok(id) => return Ok(id),
+                Err(old) => {
+                    self.store.cancel_migration(old.id)?;
+                }
+            }
+        }
     }
 
     /// Stops a rule: drops its queue, aborts its in-flight copies, ends its enabling or scan,
@@ -495,6 +573,12 @@ impl Core {
     /// Scans every enabled rule once. Returns (tasks queued, errors, rules held and why). A
     /// held rule is not a failing scan: it says so once when the hold starts.
     pub async fn scan_all(&self) -> (usize, Vec<String>, Vec<String>) {
+        self.scan_rules(&HashMap::new()).await
+    }
+
+    /// `scan_all`, but a rule whose baseline `listed` names (by id: generation, when its
+    /// listing began) is not listed again: that listing is recorded as its scan.
+    pub(crate) async fn scan_rules(&self, listed: &HashMap<String, (i64, i64)>) -> (usize, Vec<String>, Vec<String>) {
         let config = self.config();
         let clients = self.clients();
         let mut queued = 0;
@@ -505,6 +589,20 @@ impl Core {
                 continue;
             };
             if state.state != "enabled" {
+                continue;
+            }
+            // A run right after the rule's enabling: its baseline was listed a moment ago, and
+            // writes since are the next run's. That listing counts as this scan.
+            if let Some(&(generation, started)) = listed.get(&rule.id)
+                && generation == state.generation
+            {
+                let recorded = self
+                    .store
+                    .max_task_id()
+                    .and_then(|max| self.store.record_scan(&rule.id, generation, started, max));
+                if let Err(e) = recorded {
+                    errors.push(format!("rule {:?}: recording its scan failed: {e:#}", rule.id));
+                }
                 continue;
             }
             // Copies and scans wait while either bucket is not versioning: a source version
@@ -640,6 +738,17 @@ impl Core {
             at: now_ms(),
         });
     }
+}
+
+/// What enabling a rule recorded.
+struct Enabled {
+    enable_point: i64,
+    /// Versions in the baseline.
+    existing: usize,
+    /// The migration its listing queued.
+    migration: Option<i64>,
+    /// (generation, when the listing began).
+    listed: (i64, i64),
 }
 
 /// The reason a rule is held, as recorded (None when it runs or cannot be read).

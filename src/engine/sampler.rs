@@ -9,7 +9,7 @@ use crate::config::{Config, Operations, Rule};
 use crate::store::{MigrationFigures, Store, blocking, now_ms};
 use anyhow::Result;
 use std::collections::{HashMap, VecDeque};
-use std::sync::Weak;
+use std::sync::{Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -36,9 +36,14 @@ struct Sampler {
 pub(super) async fn run(core: Weak<Core>, closed: CancellationToken) {
     let mut s = Sampler::default();
     let mut tick = tokio::time::interval(TICK);
+    let Some(asked) = core.upgrade().map(|c| c.sample_now.clone()) else {
+        return;
+    };
     loop {
+        let mut answer = None;
         tokio::select! {
             _ = tick.tick() => {}
+            a = asked.ask() => answer = Some(a),
             _ = closed.cancelled() => return,
         }
         let Some(core) = core.upgrade() else {
@@ -47,6 +52,35 @@ pub(super) async fn run(core: Weak<Core>, closed: CancellationToken) {
         if let Err(e) = blocking(|| s.sample(&core)) {
             tracing::warn!(error = %format!("{e:#}"), "could not sample progress");
         }
+        if let Some(a) = answer {
+            let _ = a.send(());
+        }
+    }
+}
+
+/// Asks the sampler for a sample now (the last of a run, so that what ended is said).
+#[derive(Default)]
+pub(super) struct SampleNow {
+    tx: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    asked: tokio::sync::Notify,
+}
+
+impl SampleNow {
+    async fn ask(&self) -> tokio::sync::oneshot::Sender<()> {
+        loop {
+            if let Some(tx) = lock(&self.tx).take() {
+                return tx;
+            }
+            self.asked.notified().await;
+        }
+    }
+
+    /// Waits (at most `within`) for a sample taken after this call.
+    pub(super) async fn sample(&self, within: Duration) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        *lock(&self.tx) = Some(tx);
+        self.asked.notify_one();
+        let _ = tokio::time::timeout(within, rx).await;
     }
 }
 

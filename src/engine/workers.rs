@@ -265,6 +265,8 @@ impl Core {
                         && self.listing_count.load(Ordering::SeqCst) == 0
                         && self.store.unfinished().unwrap_or(1) == 0
                     {
+                        // The others need not wait for their next look to see it.
+                        self.work.notify_waiters();
                         return;
                     }
                     tokio::select! {
@@ -320,7 +322,10 @@ impl Core {
 
     /// Catches every enabled rule up: one scan (beside the copies), and every queued task to its
     /// end.
-    pub(crate) async fn run_once(self: Arc<Self>) -> Result<RunSummary> {
+    pub(crate) async fn run_once(
+        self: Arc<Self>,
+        listed: std::collections::HashMap<String, (i64, i64)>,
+    ) -> Result<RunSummary> {
         let before = *lock(&self.replicated_now);
         self.handle();
         self.sweep_uploads().await;
@@ -343,7 +348,7 @@ impl Core {
         self.spawn_listers();
         let workers = self.spawn_workers(true);
         let (queued, mut scan_errors) = tokio::select! {
-            (queued, mut errors, held) = self.scan_all() => {
+            (queued, mut errors, held) = self.scan_rules(&listed) => {
                 errors.extend(held);
                 (queued, errors)
             }
@@ -362,6 +367,8 @@ impl Core {
         }
         self.sweep_uploads().await;
         self.prune();
+        // The sampler says what ended (a migration completed) before the run does.
+        self.sample_now.sample(Duration::from_secs(1)).await;
         let after = *lock(&self.replicated_now);
         let (replicated, replicated_bytes) = (after.0 - before.0, after.1 - before.1);
         let failed = self

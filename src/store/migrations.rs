@@ -144,12 +144,15 @@ impl Store {
         })
     }
 
-    /// Migrations whose listing should run now.
+    /// Migrations whose listing should run now: not those of a rule still being enabled, whose
+    /// first listing feeds the baseline and the migration at once (it owns that listing).
     pub fn migrations_to_list(&self) -> Result<Vec<Migration>> {
         blocking(|| {
             let db = self.db();
             let mut st = db.prepare(&format!(
-                "SELECT {MIGRATION_COLUMNS} FROM migrations WHERE control = 'run' AND listing_done = 0 ORDER BY id"
+                "SELECT {MIGRATION_COLUMNS} FROM migrations WHERE control = 'run' AND listing_done = 0
+                 AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = migrations.rule_id AND r.state = 'enabled')
+                 ORDER BY id"
             ))?;
             let rows = st.query_map([], migration_from_row)?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -195,7 +198,8 @@ impl Store {
     }
 
     /// Queues one listing page of a migration and moves its position past it, atomically: a
-    /// restart continues from the next page and never queues an object twice.
+    /// restart continues from the next page and never queues an object twice. Returns whether
+    /// the page was taken (not when the migration was paused or cancelled, or the rule changed).
     pub fn add_migration_page(
         &self,
         m: &Migration,
@@ -203,7 +207,7 @@ impl Store {
         objects: &[NewChange],
         position: (i64, Option<(String, String)>),
         listing_done: bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         blocking(|| {
             let mut db = self.db();
             let tx = db.transaction()?;
@@ -211,7 +215,7 @@ impl Store {
             // resumed listing fetches it again from the saved position.
             let control: String = tx.row("SELECT control FROM migrations WHERE id = ?1", [m.id], |r| r.get(0))?;
             if control != "run" || !is_current(&tx, &m.rule_id, generation)? {
-                return Ok(());
+                return Ok(false);
             }
             let now = now_ms();
             let mut bytes = 0i64;
@@ -261,7 +265,7 @@ impl Store {
                 objects.len() as i64,
                 bytes,
             );
-            Ok(())
+            Ok(true)
         })
     }
 
