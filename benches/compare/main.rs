@@ -31,7 +31,8 @@ compare: crr beside rclone, the AWS CLI and the ceiling, on local S3 servers
   --smoke              short check: SeaweedFS only, crr and the ceiling, 1,000 x 4 KiB + 1 x 64 MiB,
                        100 real-time changes, one repetition
   --pairs LIST         server pairs: weed,moto (default both)
-  --tools LIST         crr,rclone,aws,ceiling,ceiling-get,ceiling-put (default all)
+  --tools LIST         crr,rclone,s3sync,aws,ceiling,ceiling-get,ceiling-put (default all; s3sync
+                       only once `scripts/bench-tools --s3sync` has built it)
   --reps N             repetitions per tool and workload (default 3)
   --small N            objects of 4 KiB (default 10000; 0 skips the workload)
   --medium N           objects of 1 MiB (default 200)
@@ -381,16 +382,20 @@ fn header(o: &Opts, paths: &Paths) -> Vec<(String, String)> {
     if let Some(p) = &paths.rclone {
         h.push(("rclone".into(), tools::version(p, &["version"])));
     }
+    if let Some(p) = &paths.s3sync {
+        h.push(("s3sync".into(), tools::version(p, &["--version"])));
+    }
     if let Some(p) = &paths.aws {
         h.push(("aws".into(), tools::version(p, &["--version"])));
     }
     h.push((
         "flags".into(),
         format!(
-            "crr `[engine] workers = {c}`, rule `historical = true`; rclone `copy {}`; aws `s3 cp --recursive` down then up, \
+            "crr `[engine] workers = {c}`, rule `historical = true`; rclone `copy {}`; s3sync `{}`; aws `s3 cp --recursive` down then up, \
              max_concurrent_requests {c}; ceiling: GET then PUT (ranged GET then UploadPart above 16 MiB, 8 MiB parts) \
              with crr's clients, {c} requests in flight",
             tools::RCLONE_FLAGS.join(" "),
+            tools::S3SYNC_FLAGS.join(" "),
             c = tools::CONCURRENCY
         ),
     ));
@@ -419,12 +424,21 @@ async fn bench(o: Opts) -> bool {
     let paths = Paths {
         crr: o.crr.clone(),
         rclone: o.tools.contains(&Tool::Rclone).then(|| which("rclone")).flatten(),
+        s3sync: o.tools.contains(&Tool::S3sync).then(|| which("s3sync")).flatten(),
         aws: o.tools.contains(&Tool::Aws).then(|| which("aws")).flatten(),
         timeout: Duration::from_secs(o.timeout),
     };
-    for (tool, found) in [(Tool::Rclone, &paths.rclone), (Tool::Aws, &paths.aws)] {
+    for (tool, found) in [
+        (Tool::Rclone, &paths.rclone),
+        (Tool::S3sync, &paths.s3sync),
+        (Tool::Aws, &paths.aws),
+    ] {
         if o.tools.contains(&tool) && found.is_none() {
-            eprintln!("{} not found (run scripts/bench-tools): left out", tool.name());
+            let how = match tool {
+                Tool::S3sync => "opt-in: `scripts/bench --with-s3sync` builds it once, about 17 minutes",
+                _ => "run scripts/bench-tools",
+            };
+            eprintln!("{} not found ({how}): left out", tool.name());
             tools_found.retain(|t| *t != tool);
         }
     }

@@ -1,6 +1,7 @@
 //! The tools compared, each run as a child process from a fresh working directory into a fresh
-//! destination bucket: crr (`run --once` on a rule with `historical = true`), rclone, the AWS
-//! CLI (two hops through a local directory) and the ceiling (this program re-executed).
+//! destination bucket: crr (`run --once` on a rule with `historical = true`), rclone, s3sync
+//! (opt-in: it is built from crates.io), the AWS CLI (two hops through a local directory) and the
+//! ceiling (this program re-executed).
 
 use crate::ceiling;
 use crate::common::{endpoint_toml, set_crr_env, toml_str};
@@ -18,6 +19,7 @@ pub const CONCURRENCY: usize = 16;
 pub enum Tool {
     Crr,
     Rclone,
+    S3sync,
     Aws,
     /// GET then PUT of each object with crr's clients.
     Ceiling,
@@ -28,9 +30,10 @@ pub enum Tool {
 }
 
 impl Tool {
-    pub const ALL: [Tool; 6] = [
+    pub const ALL: [Tool; 7] = [
         Tool::Crr,
         Tool::Rclone,
+        Tool::S3sync,
         Tool::Aws,
         Tool::Ceiling,
         Tool::CeilingGet,
@@ -41,6 +44,7 @@ impl Tool {
         match self {
             Tool::Crr => "crr",
             Tool::Rclone => "rclone",
+            Tool::S3sync => "s3sync",
             Tool::Aws => "aws",
             Tool::Ceiling => "ceiling",
             Tool::CeilingGet => "ceiling-get",
@@ -77,6 +81,7 @@ impl Side {
 pub struct Paths {
     pub crr: PathBuf,
     pub rclone: Option<PathBuf>,
+    pub s3sync: Option<PathBuf>,
     pub aws: Option<PathBuf>,
     pub timeout: Duration,
 }
@@ -136,6 +141,22 @@ pub const RCLONE_FLAGS: &[&str] = &[
     "--s3-no-check-bucket",
 ];
 
+/// The s3sync flags of the comparison (endpoints and keys go in its environment).
+pub const S3SYNC_FLAGS: &[&str] = &[
+    "--worker-size",
+    "16",
+    "--source-force-path-style",
+    "--target-force-path-style",
+];
+
+/// s3sync's settings for one side, as the environment variables it reads.
+fn s3sync_side(cmd: &mut Command, role: &str, side: &Side) {
+    cmd.env(format!("{role}_ENDPOINT_URL"), &side.url)
+        .env(format!("{role}_REGION"), &side.region)
+        .env(format!("{role}_ACCESS_KEY"), "test")
+        .env(format!("{role}_SECRET_ACCESS_KEY"), "test");
+}
+
 /// The AWS CLI's settings file of the comparison.
 pub const AWS_CONFIG: &str = "[default]\n\
     request_checksum_calculation = when_required\n\
@@ -191,6 +212,17 @@ pub async fn run(tool: Tool, paths: &Paths, dir: &Path, src: &Side, dst: &Side, 
                 .arg(format!("src:{}", src.bucket))
                 .arg(format!("dst:{}", dst.bucket))
                 .args(RCLONE_FLAGS);
+            one(cmd).await
+        }
+        Tool::S3sync => {
+            let s3sync = paths.s3sync.as_ref().ok_or("s3sync not built")?;
+            let mut cmd = Command::new(s3sync);
+            set_crr_env(&mut cmd, dir);
+            s3sync_side(&mut cmd, "SOURCE", src);
+            s3sync_side(&mut cmd, "TARGET", dst);
+            cmd.args(S3SYNC_FLAGS)
+                .arg(format!("s3://{}/", src.bucket))
+                .arg(format!("s3://{}/", dst.bucket));
             one(cmd).await
         }
         Tool::Aws => {
