@@ -12,6 +12,7 @@ pub mod copy;
 pub mod diff;
 pub mod limit;
 mod migrate;
+mod outage;
 pub mod preflight;
 pub mod progress;
 mod sampler;

@@ -391,6 +391,7 @@ impl Core {
         self.handle();
         self.sweep_uploads().await;
         let workers = self.spawn_workers(false);
+        tokio::spawn(super::outage::run(Arc::downgrade(&self), self.draining.clone()));
         // Scans run on their own, so that a long one never delays a command.
         let scanner = {
             let engine = self.clone();

@@ -209,6 +209,24 @@ impl Store {
         })
     }
 
+    /// Makes the queued tasks of these rules that wait for a later time (an endpoint that was
+    /// down, a retry's backoff) due at `now`. Returns how many.
+    pub fn due_now(&self, rule_ids: &[String], now: i64) -> Result<usize> {
+        blocking(|| {
+            let mut db = self.db();
+            let tx = db.transaction()?;
+            let mut n = 0;
+            for rule in rule_ids {
+                n += tx.exec(
+                    "UPDATE tasks SET not_before = ?2 WHERE rule_id = ?1 AND state = 'queued' AND not_before > ?2",
+                    params![rule, now],
+                )?;
+            }
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
     pub fn fail(&self, id: i64, error: &str) -> Result<()> {
         quick(|| {
             self.move_running(
