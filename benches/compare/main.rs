@@ -435,7 +435,7 @@ async fn bench(o: Opts) -> bool {
     ] {
         if o.tools.contains(&tool) && found.is_none() {
             let how = match tool {
-                Tool::S3sync => "opt-in: `scripts/bench --with-s3sync` builds it once, about 17 minutes",
+                Tool::S3sync => "opt-in: `scripts/bench --with-s3sync` builds it once, about 10 minutes",
                 _ => "run scripts/bench-tools",
             };
             eprintln!("{} not found ({how}): left out", tool.name());
