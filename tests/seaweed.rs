@@ -258,6 +258,51 @@ async fn moto_to_seaweedfs_replicates_every_change() {
     replicates_every_change(Kind::Moto, Kind::Weed).await;
 }
 
+/// A key with a control character. SeaweedFS lists such a key with U+FFFD in its place and
+/// serves nothing under that name, so crr cannot read the object: its task fails with a reason
+/// that says why and what to do, `run --once` exits 1, and the other objects replicate. A server
+/// that lists the key as written gets it replicated, byte for byte.
+#[tokio::test]
+async fn a_key_the_source_lists_under_another_name_fails_with_the_reason() {
+    let env = start(Kind::Weed, Kind::Moto, &[(SRC, DST)]).await;
+    let key = "ctl/bell\u{7}key";
+    put(&env.gz, SRC, "ctl/plain", "plain").await;
+    put(&env.gz, SRC, key, "behind a control character").await;
+    let listed = env
+        .gz
+        .client
+        .list_object_versions()
+        .bucket(SRC)
+        .prefix("ctl/")
+        .send()
+        .await
+        .expect("list versions");
+    let renamed = !listed.versions().iter().any(|v| v.key() == Some(key));
+    env.write_config(&[Rule::new("ctl", &src_ref(SRC), &dst_ref(DST)).historical(true)]);
+
+    let out = env.crr(&["run", "--once"]).await;
+    assert_eq!(
+        get_bytes(&env.sh, DST, "ctl/plain").await.as_deref(),
+        Some(&b"plain"[..])
+    );
+    let rule = env.rule_status("ctl").await;
+    if renamed {
+        out.assert_code(1);
+        assert_eq!(rule["failed_tasks"], 1, "{rule:#}");
+        let text = out.combined();
+        assert!(
+            text.contains("U+FFFD") && text.contains("Rename the object on the source"),
+            "the failure does not say why, nor what to do: {text}"
+        );
+    } else {
+        out.assert_ok();
+        assert_eq!(
+            get_bytes(&env.sh, DST, key).await.as_deref(),
+            Some(&b"behind a control character"[..])
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // crr serve killed with SIGKILL while the source changes
 // ---------------------------------------------------------------------------------------------

@@ -153,6 +153,15 @@ impl Core {
                 }
                 self.check_drained(rule, &task, src, dst).await;
             }
+            Some(Err(CopyError::Gone(why))) if listed_but_unserved(src, rule, &task).await => {
+                let why = format!(
+                    "{why}, yet the source still lists it, under a key with U+FFFD where its listing \
+                     could not carry a character (a control character, say): crr cannot name the object \
+                     to read it, so it is not replicated. Rename the object on the source to a key \
+                     without control characters, and the new key replicates"
+                );
+                self.fail_task(rule, &task, &why, dst).await?;
+            }
             Some(Err(CopyError::Gone(why))) => {
                 tracing::info!(rule = %rule.id, key = %task.key, "skipped: {why}");
                 self.store.skip(task.id, &why)?;
@@ -170,18 +179,7 @@ impl Core {
             }
             Some(Err(CopyError::Retry(why))) => {
                 if task.attempts >= engine_cfg.max_attempts {
-                    tracing::warn!(rule = %rule.id, key = %task.key, attempts = task.attempts, "failed: {why}");
-                    self.store.fail(task.id, &why)?;
-                    self.record_failure(&task, &why);
-                    let _ = self.events.send(Event::TaskFailed {
-                        task: task.id,
-                        rule: rule.id.clone(),
-                        key: task.key.clone(),
-                        size: task.size,
-                        reason: why.clone(),
-                    });
-                    // A retry starts afresh; no parts stay billed meanwhile.
-                    self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
+                    self.fail_task(rule, &task, &why, dst).await?;
                 } else {
                     let wait = backoff(task.attempts);
                     tracing::info!(rule = %rule.id, key = %task.key, attempt = task.attempts, "will retry in {wait:?}: {why}");
@@ -281,6 +279,23 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// Records a task as failed, says so, and aborts its upload: a retry starts afresh, and no
+    /// parts stay billed meanwhile.
+    async fn fail_task(&self, rule: &Rule, task: &Task, why: &str, dst: &S3) -> Result<()> {
+        tracing::warn!(rule = %rule.id, key = %task.key, attempts = task.attempts, "failed: {why}");
+        self.store.fail(task.id, why)?;
+        self.record_failure(task, why);
+        let _ = self.events.send(Event::TaskFailed {
+            task: task.id,
+            rule: rule.id.clone(),
+            key: task.key.clone(),
+            size: task.size,
+            reason: why.to_string(),
+        });
+        self.abort_open_upload(task, dst, &rule.destination.bucket).await;
+        Ok(())
     }
 
     /// Gives back to the queue the tasks whose outcome could not be written.
@@ -578,6 +593,27 @@ impl Core {
         }
         Ok(())
     }
+}
+
+/// Whether a version the source no longer serves is still in its listing, under a key with
+/// U+FFFD: some servers (SeaweedFS) write that in place of a character XML cannot carry, so the
+/// key listed is not the object's. A version that is really gone is not listed. The listing
+/// asks for what precedes the first U+FFFD (the server matches a prefix against the real key),
+/// and one page of it is looked at.
+async fn listed_but_unserved(src: &S3, rule: &Rule, task: &Task) -> bool {
+    let Some(at) = task.key.find('\u{FFFD}') else {
+        return false;
+    };
+    if task.kind != TaskKind::Put {
+        return false;
+    }
+    src.list_versions_page(&rule.source.bucket, &task.key[..at], None)
+        .await
+        .is_ok_and(|page| {
+            page.entries
+                .iter()
+                .any(|e| e.key == task.key && e.version_id == task.version_id)
+        })
 }
 
 /// What is latest for a key on one side.
