@@ -22,13 +22,14 @@ pub(super) const GRACE: Duration = Duration::from_secs(10);
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 impl Core {
-    /// Runs one task to its outcome.
-    async fn run_task(&self, task: Task) -> Result<()> {
+    /// Runs one task to its outcome. A copy that succeeds claims the next task in the same
+    /// transaction that records it, and returns it: the caller runs it next.
+    async fn run_task(&self, task: Task) -> Result<Option<Task>> {
         let config = self.config();
         let clients = self.clients();
         let Some(rule) = config.rule(&task.rule_id) else {
             self.store.skip(task.id, "the rule is no longer in the config")?;
-            return Ok(());
+            return Ok(None);
         };
         if self.store.superseded(&task)? {
             // An upload an earlier attempt left open would be orphaned on the destination.
@@ -37,12 +38,12 @@ impl Core {
             }
             self.store
                 .skip(task.id, "a newer change of this key was already replicated")?;
-            return Ok(());
+            return Ok(None);
         }
         if task.kind == TaskKind::Delete && rule.operations == Operations::Put {
             self.store
                 .skip(task.id, "the rule replicates no deletes (operations = \"put\")")?;
-            return Ok(());
+            return Ok(None);
         }
         let (src, dst) = match (
             clients.get(&rule.source.endpoint),
@@ -52,7 +53,7 @@ impl Core {
             (Err(e), _) | (_, Err(e)) => {
                 self.store.fail(task.id, &e.message)?;
                 self.record_failure(&task, &e.message);
-                return Ok(());
+                return Ok(None);
             }
         };
         // Serving, an endpoint that is down is probed by one task at a time, at growing
@@ -64,7 +65,7 @@ impl Core {
                 if let Err(at) = self.health.admit(endpoint) {
                     let why = self.unreachable_reason(endpoint);
                     self.store.wait_for_endpoint(task.id, &why, at)?;
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
@@ -82,7 +83,7 @@ impl Core {
         if !self.store.is_running(task.id).unwrap_or(false) {
             lock(&self.running).remove(&task.id);
             self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
-            return Ok(());
+            return Ok(None);
         }
         self.progress.start(TaskProgress {
             task_id: task.id,
@@ -120,6 +121,7 @@ impl Core {
         };
         lock(&self.running).remove(&task.id);
         self.progress.finish(task.id);
+        let mut next = None;
         match outcome {
             Some(Ok(Err(why))) => {
                 // Left alone by the overwrite policy: skipped, and processed for the migration's progress.
@@ -127,7 +129,14 @@ impl Core {
                 self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
             }
             Some(Ok(Ok(done))) => {
-                self.store.complete(&task, done.dest_version.as_deref(), done.bytes)?;
+                let dest_version = done.dest_version.as_deref();
+                if self.draining.is_cancelled() {
+                    self.store.complete(&task, dest_version, done.bytes)?;
+                } else {
+                    next = self
+                        .store
+                        .complete_and_claim(&task, dest_version, done.bytes, now_ms())?;
+                }
                 {
                     let mut n = lock(&self.replicated_now);
                     n.0 += 1;
@@ -199,9 +208,22 @@ impl Core {
         }
         if task.migration_id.is_none() {
             // Only real-time changes move the last sync point.
-            self.store.update_sync_point(&rule.id)?;
+            if let Err(e) = self.store.update_sync_point(&rule.id) {
+                if let Some(t) = next {
+                    self.give_back(t.id);
+                }
+                return Err(e);
+            }
         }
-        Ok(())
+        Ok(next)
+    }
+
+    /// Returns a claimed task to the queue; if the store refuses, as soon as it takes writes
+    /// again.
+    fn give_back(&self, id: i64) {
+        if self.store.release(id).is_err() {
+            lock(&self.unreleased).push(id);
+        }
     }
 
     /// Why a task waits for an endpoint, for the queue's listing.
@@ -230,13 +252,21 @@ impl Core {
     }
 
     async fn worker(self: Arc<Self>, until_idle: bool) {
+        // The task the last copy claimed as it was recorded.
+        let mut next: Option<Task> = None;
         loop {
             if self.draining.is_cancelled() {
+                if let Some(t) = next {
+                    self.give_back(t.id);
+                }
                 return;
             }
-            let claimed = self
-                .release_unreleased()
-                .and_then(|()| blocking(|| self.store.claim(now_ms())));
+            let claimed = match next.take() {
+                Some(t) => Ok(Some(t)),
+                None => self
+                    .release_unreleased()
+                    .and_then(|()| blocking(|| self.store.claim(now_ms()))),
+            };
             if claimed.is_ok() && self.store_failing.swap(false, Ordering::SeqCst) {
                 self.emit(Event::Notice {
                     message: "the state database takes writes again: copies resume".into(),
@@ -245,16 +275,16 @@ impl Core {
             match claimed {
                 Ok(Some(task)) => {
                     let id = task.id;
-                    if let Err(e) = self.run_task(task).await {
-                        self.store_trouble(&e);
-                        // Give it back (it stays interrupted) rather than leave it running; if
-                        // the store refuses that too, as soon as it takes writes again.
-                        lock(&self.running).remove(&id);
-                        self.progress.finish(id);
-                        if self.store.release(id).is_err() {
-                            lock(&self.unreleased).push(id);
+                    match self.run_task(task).await {
+                        Ok(claimed) => next = claimed,
+                        Err(e) => {
+                            self.store_trouble(&e);
+                            // Give it back (it stays interrupted) rather than leave it running.
+                            lock(&self.running).remove(&id);
+                            self.progress.finish(id);
+                            self.give_back(id);
+                            tokio::time::sleep(Duration::from_secs(1)).await;
                         }
-                        tokio::time::sleep(Duration::from_secs(1)).await;
                     }
                 }
                 Ok(None) => {

@@ -579,6 +579,28 @@ mod tests {
     }
 
     #[test]
+    fn completing_a_task_claims_the_next_one_it_held_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let g = s.begin_enable("r", "scope", "sh/b").unwrap();
+        assert!(s.finish_enable("r", g, 1).unwrap());
+        s.queue_new("r", g, &[change("a", "v1"), change("a", "v2")]).unwrap();
+        let v1 = s.claim(now_ms()).unwrap().unwrap();
+        // v2 waits for v1 until v1 is done, and the same commit hands it out.
+        let v2 = s.complete_and_claim(&v1, Some("d1"), 1, now_ms()).unwrap().unwrap();
+        assert_eq!(
+            (v2.version_id.as_str(), v2.attempts, v2.state.as_str()),
+            ("v2", 1, "running")
+        );
+        assert!(s.is_running(v2.id).unwrap());
+        let t = s.tally("r", None);
+        assert_eq!((t.done.objects, t.running.objects, t.queued.objects), (1, 1, 0));
+        assert!(s.complete_and_claim(&v2, Some("d2"), 1, now_ms()).unwrap().is_none());
+        assert_eq!(s.tally("r", None).done.objects, 2);
+        assert_eq!(s.replica_of("r", "a", "v1", g).unwrap(), Some(Some("d1".into())));
+    }
+
+    #[test]
     fn an_older_task_waits_while_a_newer_one_of_its_key_runs() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();

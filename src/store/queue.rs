@@ -56,51 +56,45 @@ impl Store {
         quick(|| {
             let mut db = self.db();
             let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let mut task = tx
-                .prepare_cached(&format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks t WHERE state = 'queued' AND migration_id IS NULL {RUNNABLE}
-                     ORDER BY id LIMIT 1"
-                ))?
-                .query_row([now], task_from_row)
-                .optional()?;
-            if task.is_none() {
-                let running: Vec<i64> = tx
-                    .prepare_cached("SELECT id FROM migrations WHERE control = 'run' ORDER BY id")?
-                    .query_map([], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
-                let mut next = tx.prepare_cached(&format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks t WHERE state = 'queued' AND migration_id = ?2 {RUNNABLE}
-                     ORDER BY id LIMIT 1"
-                ))?;
-                for m in running {
-                    task = next.query_row(params![now, m], task_from_row).optional()?;
-                    if task.is_some() {
-                        break;
-                    }
-                }
-            }
-            if let Some(t) = &task {
-                tx.exec(
-                    "UPDATE tasks SET state = 'running', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
-                    params![t.id, now],
-                )?;
-            }
+            let task = claim_in(&tx, now)?;
             tx.commit()?;
-            if let Some(t) = &task {
-                self.tallies().shift(
-                    &(t.rule_id.clone(), t.migration_id),
-                    Some(State::Queued),
-                    Some(State::Running),
-                    1,
-                    t.size as i64,
-                );
-            }
-            Ok(task.map(|mut t| {
-                t.attempts += 1;
-                t.state = "running".into();
-                t
-            }))
+            Ok(self.claimed(task))
         })
+    }
+
+    /// `complete`, and the next task claimed in the same transaction (one commit for both), as
+    /// a worker that finished a copy does.
+    pub fn complete_and_claim(
+        &self,
+        task: &Task,
+        dest_version: Option<&str>,
+        bytes: u64,
+        now: i64,
+    ) -> Result<Option<Task>> {
+        quick(|| {
+            let mut db = self.db();
+            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let done = complete_in(&tx, task, dest_version, bytes)?;
+            let next = claim_in(&tx, now)?;
+            tx.commit()?;
+            self.completed(task, done);
+            Ok(self.claimed(next))
+        })
+    }
+
+    /// Counts a claimed task as running, and marks it so.
+    fn claimed(&self, task: Option<Task>) -> Option<Task> {
+        let mut t = task?;
+        self.tallies().shift(
+            &(t.rule_id.clone(), t.migration_id),
+            Some(State::Queued),
+            Some(State::Running),
+            1,
+            t.size as i64,
+        );
+        t.attempts += 1;
+        t.state = "running".into();
+        Some(t)
     }
 
     /// Tasks left `running` by a process that died are queued again (their parts are kept),
@@ -146,29 +140,22 @@ impl Store {
         quick(|| {
             let mut db = self.db();
             let tx = db.transaction()?;
-            let n = tx.exec(
-                "UPDATE tasks SET state = 'done', dest_version_id = ?2, last_error = NULL, updated_at = ?3
-             WHERE id = ?1 AND state = 'running'",
-                params![task.id, dest_version, now_ms()],
-            )?;
-            if n == 1 {
-                tx.exec(
-                "UPDATE rules SET replicated_objects = replicated_objects + 1, replicated_bytes = replicated_bytes + ?2
-                 WHERE rule_id = ?1",
-                params![task.rule_id, bytes as i64],
-            )?;
-            }
-            tx.exec("DELETE FROM parts WHERE task_id = ?1", [task.id])?;
+            let done = complete_in(&tx, task, dest_version, bytes)?;
             tx.commit()?;
-            if n == 1 {
-                self.shift_task(
-                    Some(((task.rule_id.clone(), task.migration_id), task.size as i64)),
-                    State::Running,
-                    State::Done,
-                );
-            }
+            self.completed(task, done);
             Ok(())
         })
+    }
+
+    /// Counts a task that `complete_in` moved (when `done`) as done.
+    fn completed(&self, task: &Task, done: bool) {
+        if done {
+            self.shift_task(
+                Some(((task.rule_id.clone(), task.migration_id), task.size as i64)),
+                State::Running,
+                State::Done,
+            );
+        }
     }
 
     /// Ends a task without copying (`skipped`): the reason says why.
@@ -386,6 +373,61 @@ impl Store {
             )?)
         })
     }
+}
+
+/// Leases the next runnable task in `tx` (see `Store::claim`), not yet counted.
+fn claim_in(tx: &rusqlite::Transaction, now: i64) -> Result<Option<Task>> {
+    let mut task = tx
+        .prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t WHERE state = 'queued' AND migration_id IS NULL {RUNNABLE}
+             ORDER BY id LIMIT 1"
+        ))?
+        .query_row([now], task_from_row)
+        .optional()?;
+    if task.is_none() {
+        let running: Vec<i64> = tx
+            .prepare_cached("SELECT id FROM migrations WHERE control = 'run' ORDER BY id")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut next = tx.prepare_cached(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t WHERE state = 'queued' AND migration_id = ?2 {RUNNABLE}
+             ORDER BY id LIMIT 1"
+        ))?;
+        for m in running {
+            task = next.query_row(params![now, m], task_from_row).optional()?;
+            if task.is_some() {
+                break;
+            }
+        }
+    }
+    if let Some(t) = &task {
+        tx.prepare_cached(
+            "UPDATE tasks SET state = 'running', attempts = attempts + 1, updated_at = ?2 WHERE id = ?1",
+        )?
+        .execute(params![t.id, now])?;
+    }
+    Ok(task)
+}
+
+/// Marks a running task done in `tx`, counting its bytes for its rule. Returns whether it was
+/// still running (a disable may have dropped it meanwhile).
+fn complete_in(tx: &rusqlite::Transaction, task: &Task, dest_version: Option<&str>, bytes: u64) -> Result<bool> {
+    let n = tx
+        .prepare_cached(
+            "UPDATE tasks SET state = 'done', dest_version_id = ?2, last_error = NULL, updated_at = ?3
+             WHERE id = ?1 AND state = 'running'",
+        )?
+        .execute(params![task.id, dest_version, now_ms()])?;
+    if n == 1 {
+        tx.prepare_cached(
+            "UPDATE rules SET replicated_objects = replicated_objects + 1, replicated_bytes = replicated_bytes + ?2
+             WHERE rule_id = ?1",
+        )?
+        .execute(params![task.rule_id, bytes as i64])?;
+    }
+    tx.prepare_cached("DELETE FROM parts WHERE task_id = ?1")?
+        .execute([task.id])?;
+    Ok(n == 1)
 }
 
 /// What makes a queued task `t` runnable at `?1`: due, its rule enabled in the task's generation,
