@@ -32,16 +32,19 @@ fn credentials() {
 /// Both buckets, a proxy in front of the destination with `faults`, and an engine whose
 /// destination endpoint is the proxy. `engine_extra` lines go into `[engine]`.
 async fn setup(env: &Env, faults: Vec<Fault>, engine_extra: &str) -> (Arc<Engine>, Proxy) {
+    setup_at(env, &env.sh.url, faults, engine_extra).await
+}
+
+/// `setup`, with the proxy in front of the endpoint at `proxied` (the source's or the
+/// destination's URL).
+async fn setup_at(env: &Env, proxied: &str, faults: Vec<Fault>, engine_extra: &str) -> (Arc<Engine>, Proxy) {
     credentials();
     create_bucket(&env.gz, "src-bucket", true).await;
     create_bucket(&env.sh, "dst-bucket", true).await;
-    let proxy = Proxy::start(&env.sh.url, faults).await;
+    let proxy = Proxy::start(proxied, faults).await;
     let text = env
         .config_text(&[Rule::new("r", "gz/src-bucket", "sh/dst-bucket")])
-        .replace(
-            &format!("url = \"{}\"", env.sh.url),
-            &format!("url = \"{}\"", proxy.url),
-        )
+        .replace(&format!("url = \"{proxied}\""), &format!("url = \"{}\"", proxy.url))
         .replace("[engine]", &format!("[engine]\n{engine_extra}"));
     assert!(text.contains(&proxy.url), "the harness config changed shape: {text}");
     env.write_config_text(&text);
@@ -143,6 +146,32 @@ async fn a_multipart_source_copied_in_one_put_is_checked_by_content_md5() {
         puts.len() == 2 && puts.iter().all(|p| p.content_md5.is_some()),
         "two PUTs, the corrupted one refused, each with Content-MD5: {puts:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_that_fails_to_tell_its_parts_still_gets_its_multipart_object_copied() {
+    let env = Env::start().await;
+    let (engine, proxy) = setup_at(&env, &env.gz.url, vec![Fault::PartHeadError], "").await;
+    let body = pseudo_random_bytes(6 * MIB + 3, 11);
+    let etag = put_multipart(&env, "parts.bin", &body).await;
+    assert!(etag.trim_matches('"').ends_with("-2"), "{etag}");
+
+    let summary = engine.run_once().await.expect("run");
+    assert!(summary.failed.is_empty(), "{:?}", failures(&summary));
+    let refused: Vec<_> = proxy
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "HEAD" && s.target.contains("partNumber="))
+        .collect();
+    assert!(
+        refused.len() >= 2 && refused.iter().all(|s| s.status == 500),
+        "the source was asked for its parts on the first attempt and again on the next: {refused:?}"
+    );
+    assert!(
+        get_bytes(&env.sh, "dst-bucket", "parts.bin").await.as_deref() == Some(&body[..]),
+        "the replica's bytes differ from the source's"
+    );
+    assert_eq!(key_versions(&env.sh, "dst-bucket", "parts.bin").await.len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

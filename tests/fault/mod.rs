@@ -31,6 +31,9 @@ pub enum Fault {
     KmsEtag,
     /// Read the request head, then never read the body nor answer: a destination that stalls.
     BlackHole { call: Call },
+    /// Answer 500 InternalError to every HeadObject that asks about one part (`partNumber`),
+    /// as a server that cannot answer that question may; everything else goes through.
+    PartHeadError,
 }
 
 /// What the proxy saw of one request.
@@ -181,6 +184,7 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
             Fault::CorruptBody { call: c, times } => Some(*c) == call && *times > 0,
             Fault::UppercaseEtag | Fault::KmsEtag => object_level(&target),
             Fault::BlackHole { call: c } => Some(*c) == call,
+            Fault::PartHeadError => method == "HEAD" && target.contains("partNumber="),
         });
         let fault = pos.map(|i| st.faults[i].clone());
         if let Some(Fault::CorruptBody { times, .. }) = pos.map(|i| &mut st.faults[i]) {
@@ -201,6 +205,15 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
         // Hold the connection open, reading nothing more, until the test ends.
         std::future::pending::<()>().await;
         return Ok(());
+    }
+    if matches!(fault, Some(Fault::PartHeadError)) {
+        record.status = 500;
+        state.lock().unwrap_or_else(|p| p.into_inner()).seen.push(record);
+        // A HEAD answer carries no body: the status says it all.
+        client
+            .write_all(b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            .await?;
+        return client.shutdown().await;
     }
     if header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue")) {
         client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;

@@ -88,11 +88,23 @@ impl CopyCtx<'_> {
                 let e = s3_error("HeadObject", &format!("{} part {n}", self.src_target(task)), e);
                 // The network or a server error: ask again later (S3 answers 500 and 503 to be
                 // retried). Any other answer (501 Not Implemented, 400, 416) means it does not
-                // tell, and the copy goes on without what the answer would vouch for.
-                if e.status.is_none_or(|s| (s >= 500 && s != 501) || s == 429) {
-                    return Err(CopyError::Retry(e.message));
+                // tell, and the copy goes on without what the answer would vouch for. So does a
+                // server error again on a later attempt: a server that answers 500 to the
+                // question (its plain HEAD and GET work, or the copy would not be here) would
+                // otherwise fail the copy for good.
+                match e.status {
+                    None => return Err(CopyError::Retry(e.message)),
+                    Some(s) if (s >= 500 && s != 501) || s == 429 => {
+                        if task.attempts < 2 {
+                            return Err(CopyError::Retry(e.message));
+                        }
+                        tracing::warn!(key = %task.key, attempt = task.attempts, error = %e.message,
+                            "the source fails to tell the object's parts again: copied without its part layout, so the replica's ETag may differ from the source's");
+                    }
+                    Some(_) => {
+                        tracing::debug!(key = %task.key, error = %e.message, "the source does not tell its parts")
+                    }
                 }
-                tracing::debug!(key = %task.key, error = %e.message, "the source does not tell its parts");
                 Ok(None)
             }
         }
