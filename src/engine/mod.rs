@@ -373,7 +373,7 @@ impl Core {
                 );
                 if let Some(off) = state.as_ref().and_then(|s| s.disabled_at) {
                     message.push_str(&format!(
-                        "\nrule {:?}: writes made while it was disabled (since {}) are not replicated; run `crr migrate start {}` to catch up",
+                        "\nrule {:?}: writes made while it was disabled (since {}), and the copies its disabling dropped from the queue, are not replicated; run `crr migrate start {}` to catch up",
                         rule.id,
                         rfc3339(off),
                         rule.id

@@ -8,7 +8,7 @@ use crate::engine::RunSummary;
 use crate::engine::copy::{CopyCtx, CopyError};
 use crate::engine::progress::TaskProgress;
 use crate::s3::S3;
-use crate::store::{NewChange, Task, TaskKind, blocking, now_ms};
+use crate::store::{NewChange, Start, Task, TaskKind, blocking, now_ms};
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -80,10 +80,20 @@ impl Core {
         lock(&self.running).insert(task.id, (rule.id.clone(), task.migration_id, token.clone()));
         // A disable or cancel that ran between the claim and the line above could not see this
         // task's token: ask the store whether the task is still ours to run.
-        if !self.store.is_running(task.id).unwrap_or(false) {
-            lock(&self.running).remove(&task.id);
-            self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
-            return Ok(None);
+        // A task claimed as the last copy was recorded may also have waited for that copy's
+        // checks, which can hold its rule (the destination stopped versioning, say).
+        match self.store.may_start(task.id)? {
+            Start::Go => {}
+            Start::Held => {
+                lock(&self.running).remove(&task.id);
+                self.store.unclaim(task.id)?;
+                return Ok(None);
+            }
+            Start::Dropped => {
+                lock(&self.running).remove(&task.id);
+                self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
+                return Ok(None);
+            }
         }
         self.progress.start(TaskProgress {
             task_id: task.id,
@@ -130,12 +140,20 @@ impl Core {
             }
             Some(Ok(Ok(done))) => {
                 let dest_version = done.dest_version.as_deref();
-                if self.draining.is_cancelled() {
+                // No version kept: the next claim waits for the versioning check below.
+                let unversioned = dest_version.is_none_or(|v| v == "null");
+                if self.draining.is_cancelled() || unversioned {
                     self.store.complete(&task, dest_version, done.bytes)?;
                 } else {
-                    next = self
-                        .store
-                        .complete_and_claim(&task, dest_version, done.bytes, now_ms())?;
+                    next = match self.store.complete_and_claim(&task, dest_version, done.bytes, now_ms()) {
+                        Ok(next) => next,
+                        // The copy is recorded on its own rather than undone with the claim.
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "could not claim the next task");
+                            self.store.complete(&task, dest_version, done.bytes)?;
+                            None
+                        }
+                    };
                 }
                 {
                     let mut n = lock(&self.replicated_now);
@@ -156,7 +174,7 @@ impl Core {
                     },
                     migration: task.migration_id,
                 });
-                if done.dest_version.as_deref().is_none_or(|v| v == "null") {
+                if unversioned {
                     // The destination kept no version of this write: is it still versioning?
                     self.versioning_halt(rule, &clients).await;
                 }
@@ -262,7 +280,11 @@ impl Core {
                 return;
             }
             let claimed = match next.take() {
-                Some(t) => Ok(Some(t)),
+                Some(t) => {
+                    // What could not be given back goes now, or (kept) on a later turn.
+                    let _ = self.release_unreleased();
+                    Ok(Some(t))
+                }
                 None => self
                     .release_unreleased()
                     .and_then(|()| blocking(|| self.store.claim(now_ms()))),

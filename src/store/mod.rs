@@ -15,6 +15,7 @@ mod uploads;
 pub use lock::{EngineLock, LockHeld, check_state_dir, create_state_dir};
 pub use migrations::{Migration, MigrationFigures};
 pub use queue::Backlog;
+pub use queue::Start;
 pub use rules::{Disabled, RuleState};
 pub use tally::{Count, State, Tally};
 use tally::{Tallies, TallyKey};
@@ -592,12 +593,38 @@ mod tests {
             (v2.version_id.as_str(), v2.attempts, v2.state.as_str()),
             ("v2", 1, "running")
         );
-        assert!(s.is_running(v2.id).unwrap());
+        assert_eq!(s.may_start(v2.id).unwrap(), Start::Go);
         let t = s.tally("r", None);
         assert_eq!((t.done.objects, t.running.objects, t.queued.objects), (1, 1, 0));
         assert!(s.complete_and_claim(&v2, Some("d2"), 1, now_ms()).unwrap().is_none());
         assert_eq!(s.tally("r", None).done.objects, 2);
         assert_eq!(s.replica_of("r", "a", "v1", g).unwrap(), Some(Some("d1".into())));
+    }
+
+    #[test]
+    fn a_claimed_task_whose_rule_was_held_meanwhile_goes_back_unstarted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let g = s.begin_enable("r", "scope", "sh/b").unwrap();
+        assert!(s.finish_enable("r", g, 1).unwrap());
+        s.queue_new("r", g, &[change("a", "v1"), change("b", "w1")]).unwrap();
+        let a = s.claim(now_ms()).unwrap().unwrap();
+        let b = s.complete_and_claim(&a, Some("d1"), 1, now_ms()).unwrap().unwrap();
+        assert!(s.set_halted("r", Some("the destination stopped versioning")).unwrap());
+        assert_eq!(s.may_start(b.id).unwrap(), Start::Held);
+        s.unclaim(b.id).unwrap();
+        let t = s.tally("r", None);
+        assert_eq!((t.running.objects, t.queued.objects), (0, 1));
+        assert!(s.claim(now_ms()).unwrap().is_none(), "held: nothing is handed out");
+        s.set_halted("r", None).unwrap();
+        let again = s.claim(now_ms()).unwrap().unwrap();
+        assert_eq!(
+            (again.id, again.attempts),
+            (b.id, 1),
+            "the unstarted claim cost no attempt"
+        );
+        s.disable("r", "disabled").unwrap();
+        assert_eq!(s.may_start(again.id).unwrap(), Start::Dropped);
     }
 
     #[test]

@@ -126,6 +126,45 @@ impl Store {
         })
     }
 
+    /// Whether a claimed task may start now: still running (not dropped by a disable or cancel
+    /// meanwhile), its rule enabled in the task's generation and not held, and its migration
+    /// (if any) not paused. A task claimed as the last copy was recorded can wait a while (that
+    /// copy's checks) before it starts.
+    pub fn may_start(&self, task_id: i64) -> Result<Start> {
+        quick(|| {
+            let found: Option<(bool, bool)> = self
+                .db()
+                .prepare_cached(
+                    "SELECT t.state = 'running',
+                        EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled'
+                                AND r.generation = t.generation AND r.halted IS NULL)
+                        AND (t.migration_id IS NULL OR EXISTS (SELECT 1 FROM migrations m
+                                WHERE m.id = t.migration_id AND m.control = 'run'))
+                     FROM tasks t WHERE t.id = ?1",
+                )?
+                .query_row([task_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            Ok(match found {
+                Some((true, true)) => Start::Go,
+                Some((true, false)) => Start::Held,
+                _ => Start::Dropped,
+            })
+        })
+    }
+
+    /// Gives back a claimed task that did not start (see `may_start`): queued as it was, its
+    /// attempt not counted.
+    pub fn unclaim(&self, id: i64) -> Result<()> {
+        quick(|| {
+            self.move_running(
+                id,
+                State::Queued,
+                "UPDATE tasks SET state = 'queued', attempts = MAX(attempts - 1, 0), updated_at = ?2
+                 WHERE id = ?1 AND state = 'running'",
+                params![id, now_ms()],
+            )
+        })
+    }
     /// Runs `sql` (which moves the running task `id` to `to`) and moves its count if it did.
     fn move_running(&self, id: i64, to: State, sql: &str, params: impl rusqlite::Params) -> Result<()> {
         let db = self.db();
@@ -373,6 +412,17 @@ impl Store {
             )?)
         })
     }
+}
+
+/// Whether a claimed task may start (see `Store::may_start`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Go,
+    /// Its rule is held, disabled or in a newer generation, or its migration paused: it goes
+    /// back to the queue.
+    Held,
+    /// Dropped or cancelled meanwhile.
+    Dropped,
 }
 
 /// Leases the next runnable task in `tx` (see `Store::claim`), not yet counted.

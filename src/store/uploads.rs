@@ -33,19 +33,6 @@ impl Store {
         })
     }
 
-    /// Whether the task is still running (not dropped by a disable or cancel meanwhile).
-    pub fn is_running(&self, task_id: i64) -> Result<bool> {
-        quick(|| {
-            Ok(self
-                .db()
-                .row("SELECT state = 'running' FROM tasks WHERE id = ?1", [task_id], |r| {
-                    r.get(0)
-                })
-                .optional()?
-                .unwrap_or(false))
-        })
-    }
-
     /// Tasks that will never run again but still have a multipart upload recorded, with their
     /// rule's destination (ENDPOINT/BUCKET): uploads to abort.
     pub fn orphan_uploads(&self) -> Result<Vec<(Task, String)>> {
