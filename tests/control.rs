@@ -143,6 +143,81 @@ async fn commands_are_answered_while_a_slow_baseline_listing_runs() {
     assert!(env.read_config_text().contains("enabled = true"));
 }
 
+/// `crr rule enable` waits for the service to say how the enabling ended. Killed meanwhile, the
+/// service never says: the command stops at once with what to do, and the config is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rule_enable_stops_when_the_service_dies_while_enabling() {
+    let env = Env::start().await;
+    buckets(&env).await;
+    let proxy = SlowProxy::start(format!("127.0.0.1:{}", env.gz.port)).await;
+    env.write_config_text(&config_through(&env, &proxy, &[rule().enabled(false)], ""));
+    let before = env.read_config_text();
+    let mut serve = env.spawn_serve();
+    let socket = env.state_dir.join("crr.sock");
+    // Listening: the socket takes connections (a killed service leaves its file behind).
+    let listening = || async { std::os::unix::net::UnixStream::connect(&socket).is_ok() };
+    assert!(
+        common::wait_until(Duration::from_secs(60), listening).await,
+        "crr serve never listened\n{}",
+        serve.output()
+    );
+
+    // Every answer from the source takes 1.5 s, so preflight and the baseline listing take
+    // several seconds; the command is still waiting when the service is killed.
+    proxy.set_delay(Duration::from_millis(1500));
+    let enabling = env.crr(&["rule", "enable", "r"]);
+    tokio::pin!(enabling);
+    tokio::select! {
+        out = &mut enabling => panic!("the enable ended before the kill: {}", out.describe()),
+        () = tokio::time::sleep(Duration::from_secs(2)) => {}
+    }
+    serve.kill();
+    let killed = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(20), enabling)
+        .await
+        .expect("`crr rule enable` still waits 20 s after the service died");
+    let waited = killed.elapsed();
+    assert_eq!(out.code, 1, "{}", out.describe());
+    assert!(
+        out.stderr.contains("the engine stopped before rule \"r\" was enabled")
+            && out.stderr.contains("crr status")
+            && out.stderr.contains("crr rule enable r")
+            && out.stderr.contains("crr.log"),
+        "{}",
+        out.describe()
+    );
+    eprintln!("`crr rule enable` ended {waited:?} after the kill");
+    assert_eq!(
+        env.read_config_text(),
+        before,
+        "the config changed though the rule was not enabled"
+    );
+
+    // The operator says it again once the service is back, and the rule replicates.
+    proxy.set_delay(Duration::ZERO);
+    let mut serve = env.spawn_serve();
+    assert!(
+        common::wait_until(Duration::from_secs(60), listening).await,
+        "crr serve never listened again\n{}",
+        serve.output()
+    );
+    let again = env.crr(&["rule", "enable", "r"]).await;
+    again.assert_ok();
+    assert!(env.read_config_text().contains("enabled = true"));
+    put(&env.gz, "src-bucket", "after.txt", "replicated").await;
+    let sh = &env.sh;
+    let copied = common::wait_until(Duration::from_secs(30), || async move {
+        get_bytes(sh, "dst-bucket", "after.txt").await.as_deref() == Some(&b"replicated"[..])
+    })
+    .await;
+    assert!(
+        copied,
+        "a write after the second enable was not replicated\n{}",
+        serve.output()
+    );
+    assert_eq!(serve.terminate(Duration::from_secs(30)).await, 0, "{}", serve.output());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_service_socket_speaks_the_protocol_end_to_end() {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};

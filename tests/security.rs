@@ -625,8 +625,16 @@ async fn files_and_the_socket_are_private() {
             chmod(p, m);
         }
         chmod(&state.join("crr.sock"), 0o666);
-        let mut status = crr_command(dir);
-        status.as_std_mut().uid(65534).gid(65534);
+        // The other user runs its own copy of the binary: the build directory may sit where only
+        // its owner can reach it (a checkout in a private directory).
+        let binary = dir.join("crr-other-user");
+        std::fs::copy(env!("CARGO_BIN_EXE_crr"), &binary).unwrap();
+        chmod(&binary, 0o755);
+        let mut std_status = std::process::Command::new(&binary);
+        common::set_crr_env(&mut std_status, dir);
+        std_status.uid(65534).gid(65534);
+        let mut status = tokio::process::Command::from(std_status);
+        status.stdin(Stdio::null()).kill_on_drop(true);
         status
             .arg("--config")
             .arg(&config)

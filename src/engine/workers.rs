@@ -228,7 +228,7 @@ impl Core {
             // Only real-time changes move the last sync point.
             if let Err(e) = self.store.update_sync_point(&rule.id) {
                 if let Some(t) = next {
-                    self.give_back(t.id);
+                    self.give_back(t.id, false);
                 }
                 return Err(e);
             }
@@ -237,9 +237,15 @@ impl Core {
     }
 
     /// Returns a claimed task to the queue; if the store refuses, as soon as it takes writes
-    /// again.
-    fn give_back(&self, id: i64) {
-        if self.store.release(id).is_err() {
+    /// again. A task that `started` is marked interrupted (its write may have landed); one that
+    /// did not goes back as it was.
+    fn give_back(&self, id: i64, started: bool) {
+        let back = if started {
+            self.store.release(id)
+        } else {
+            self.store.unclaim(id)
+        };
+        if back.is_err() {
             lock(&self.unreleased).push(id);
         }
     }
@@ -275,7 +281,7 @@ impl Core {
         loop {
             if self.draining.is_cancelled() {
                 if let Some(t) = next {
-                    self.give_back(t.id);
+                    self.give_back(t.id, false);
                 }
                 return;
             }
@@ -304,7 +310,7 @@ impl Core {
                             // Give it back (it stays interrupted) rather than leave it running.
                             lock(&self.running).remove(&id);
                             self.progress.finish(id);
-                            self.give_back(id);
+                            self.give_back(id, true);
                             tokio::time::sleep(Duration::from_secs(1)).await;
                         }
                     }
