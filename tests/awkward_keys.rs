@@ -265,7 +265,29 @@ fn tagging(tags: &[(String, String)]) -> String {
         .join("&")
 }
 
+/// Writes one object. A server error (5xx) is tried again a few times, as any client would:
+/// SeaweedFS sometimes answers 500 while it sets up storage for a new bucket.
 async fn try_put(s3: &Server, bucket: &str, o: &Obj) -> Result<(), String> {
+    let mut attempt = 0;
+    loop {
+        match put_once(s3, bucket, o).await {
+            Err(e) if attempt < 5 && e.raw_response().is_some_and(|r| r.status().is_server_error()) => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(300 * attempt)).await;
+            }
+            sent => return sent.map(|_| ()).map_err(|e| format!("{e:?}")),
+        }
+    }
+}
+
+async fn put_once(
+    s3: &Server,
+    bucket: &str,
+    o: &Obj,
+) -> Result<
+    aws_sdk_s3::operation::put_object::PutObjectOutput,
+    aws_sdk_s3::error::SdkError<aws_sdk_s3::operation::put_object::PutObjectError>,
+> {
     let mut req = s3
         .client
         .put_object()
@@ -280,7 +302,7 @@ async fn try_put(s3: &Server, bucket: &str, o: &Obj) -> Result<(), String> {
     if !o.tags.is_empty() {
         req = req.tagging(tagging(&o.tags));
     }
-    req.send().await.map(|_| ()).map_err(|e| format!("{e:?}"))
+    req.send().await
 }
 
 /// Writes every object; returns the ones the server took. Only a key of a kind that may be

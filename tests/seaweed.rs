@@ -689,6 +689,13 @@ async fn survives_sigkill(source: Kind, destination: Kind) {
         problems.push(format!("multipart uploads left open on the destination: {open:?}"));
     }
     if problems.is_empty() {
+        eprintln!(
+            "{} → {}: survived {kills} SIGKILLs of crr serve with {} changes to the source (seed {seed}); \
+             the destination matches",
+            source.label(),
+            destination.label(),
+            changes.get()
+        );
         return;
     }
     let kept = match std::env::var_os("CRR_TEST_KEEP") {
