@@ -357,6 +357,16 @@ async fn if_different_over_many_listing_pages() {
     env.run_once().await;
     let m = migration(&env, "many").await;
     assert_eq!(m["state"], "completed", "{m}");
+    // Copies start with the listing's first page, not after its last: the log (in time order)
+    // shows a copy before the rule's enabling ends, 2 pages of 1,000 later.
+    let log = std::fs::read_to_string(env.state_dir.join("crr.log")).expect("crr.log");
+    let first_copy = log.find(" replicated rule=many ").expect("a copy in the log");
+    let enabled = log.find("rule \"many\" enabled at").expect("the enabling in the log");
+    assert!(
+        first_copy < enabled,
+        "the first copy waited for the whole listing:\n{}",
+        &log[..log.len().min(2000)]
+    );
     assert_eq!(m["skipped_objects"].as_u64(), Some(identical.len() as u64), "{m}");
     assert_eq!(
         m["done_objects"].as_u64(),

@@ -307,21 +307,46 @@ pub async fn run_once(paths: &Paths) -> Result<u8> {
             engine.shutdown.cancel();
         });
     }
-    let rec = tokio::select! {
-        r = engine.reconcile(None) => r?,
-        _ = signalled.cancelled() => {
-            eprintln!("crr: interrupted before the rules were applied; nothing was copied");
-            return Ok(1);
+    // When every rule to enable passes preflight, the copies start while they are enabled: a
+    // first enabling's migration copies its listing page by page. When one does not, nothing
+    // is copied: the run says why and ends with status 2.
+    let summary = if engine.preflight_pending().await.is_empty() {
+        let summary = engine
+            .reconcile_and_run_once(|rec| {
+                for m in &rec.messages {
+                    println!("{m}");
+                }
+            })
+            .await?;
+        if let Some(rec) = &summary.reconciled
+            && !rec.refused.is_empty()
+        {
+            // Passed preflight a moment ago, then could not be enabled (its listing failed, say).
+            print_refusals(&rec.refused);
+            return Err(Invalid(format!(
+                "not every rule could be enabled; {} change(s) of the others were replicated",
+                summary.replicated
+            ))
+            .into());
         }
+        summary
+    } else {
+        let rec = tokio::select! {
+            r = engine.reconcile(None) => r?,
+            _ = signalled.cancelled() => {
+                eprintln!("crr: interrupted before the rules were applied; nothing was copied");
+                return Ok(1);
+            }
+        };
+        for m in &rec.messages {
+            println!("{m}");
+        }
+        if !rec.refused.is_empty() {
+            print_refusals(&rec.refused);
+            return Err(Invalid("preflight refused; nothing was replicated".into()).into());
+        }
+        engine.run_once_after(&rec).await?
     };
-    for m in &rec.messages {
-        println!("{m}");
-    }
-    if !rec.refused.is_empty() {
-        print_refusals(&rec.refused);
-        return Err(Invalid("preflight refused; nothing was replicated".into()).into());
-    }
-    let summary = engine.run_once_after(&rec).await?;
     if signalled.is_cancelled() {
         eprintln!(
             "crr: interrupted: {} change(s) replicated; what is left runs on the next `crr run --once`",

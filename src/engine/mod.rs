@@ -57,6 +57,9 @@ pub struct RunSummary {
     pub replicated_bytes: u64,
     pub scan_errors: Vec<String>,
     pub failed: Vec<Task>,
+    /// What the run's own reconciling did (`Engine::reconcile_and_run_once`); `None` when it
+    /// did not reconcile, or was stopped before reconciling ended.
+    pub reconciled: Option<Reconciled>,
 }
 
 /// How many buckets of each endpoint the buckets pane lists.
@@ -211,13 +214,43 @@ impl Engine {
     /// Catches every enabled rule up: one scan (beside the copies), and every queued task to its
     /// end.
     pub async fn run_once(&self) -> Result<RunSummary> {
-        self.core.clone().run_once(HashMap::new()).await
+        self.core.clone().run_once(HashMap::new(), None).await
     }
 
     /// `run_once` straight after `reconcile`: the baselines it listed count as this run's scan
     /// of their rules, which are not listed a second time.
     pub async fn run_once_after(&self, reconciled: &Reconciled) -> Result<RunSummary> {
-        self.core.clone().run_once(reconciled.listed.clone()).await
+        self.core.clone().run_once(reconciled.listed.clone(), None).await
+    }
+
+    /// `reconcile`, then `run_once_after` it, with the copies already running while the rules
+    /// are enabled: a first enabling's migration copies each page of its listing as it comes,
+    /// rather than after the whole listing. `applied` hears what reconciling did as soon as it
+    /// is done; the summary carries it too.
+    pub async fn reconcile_and_run_once(
+        &self,
+        applied: impl FnOnce(&Reconciled) + Send + 'static,
+    ) -> Result<RunSummary> {
+        self.core
+            .clone()
+            .run_once(HashMap::new(), Some(Box::new(applied)))
+            .await
+    }
+
+    /// Preflight of the rules `reconcile` would enable now (enabled in the config, and new, or
+    /// disabled, or changed in the record). Empty when every one of them passes.
+    pub async fn preflight_pending(&self) -> Vec<Refusal> {
+        let config = self.config();
+        let clients = self.clients();
+        let mut out = Vec::new();
+        for rule in config.rules.iter().filter(|r| r.enabled) {
+            let state = self.store.rule_state(&rule.id).ok().flatten();
+            if state.is_some_and(|s| s.state == "enabled" && s.scope == rule.scope_signature()) {
+                continue;
+            }
+            out.extend(preflight::check_rule(&clients, rule).await);
+        }
+        out
     }
 
     /// Runs until `shutdown` (or `Command::Shutdown`): scans every `scan_interval` and copies
@@ -472,9 +505,15 @@ impl Core {
         let existing = match listed {
             Ok(n) => n,
             Err(e) => {
-                // The next enabling starts a migration afresh: none is left half-listed.
+                // The next enabling starts a migration afresh: none is left half-listed. Its
+                // copies already under way (they start with the listing's first page) stop.
                 if let Some(id) = migration {
                     self.store.cancel_migration(id)?;
+                    for (_, m, token) in lock(&self.running).values() {
+                        if *m == Some(id) {
+                            token.cancel();
+                        }
+                    }
                 }
                 return Err(e);
             }

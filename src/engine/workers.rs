@@ -21,6 +21,9 @@ pub(super) const GRACE: Duration = Duration::from_secs(10);
 /// How often a long-running engine forgets the tasks nothing needs any more.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
+/// Told what a run's own reconciling did, once it is done.
+pub(super) type Applied = Box<dyn FnOnce(&super::Reconciled) + Send>;
+
 impl Core {
     /// Runs one task to its outcome. A copy that succeeds claims the next task in the same
     /// transaction that records it, and returns it: the caller runs it next.
@@ -395,9 +398,12 @@ impl Core {
 
     /// Catches every enabled rule up: one scan (beside the copies), and every queued task to its
     /// end.
+    /// With `reconcile`, the run first reconciles the config (beside the copies, see
+    /// `Engine::reconcile_and_run_once`) and tells it what that did.
     pub(crate) async fn run_once(
         self: Arc<Self>,
         listed: std::collections::HashMap<String, (i64, i64)>,
+        reconcile: Option<Applied>,
     ) -> Result<RunSummary> {
         let before = *lock(&self.replicated_now);
         self.handle();
@@ -420,19 +426,34 @@ impl Core {
         self.listing_count.fetch_add(1, Ordering::SeqCst);
         self.spawn_listers();
         let workers = self.spawn_workers(true);
-        let (queued, mut scan_errors) = tokio::select! {
-            (queued, mut errors, held) = self.scan_rules(&listed) => {
-                errors.extend(held);
-                (queued, errors)
+        let mut reconciled = None;
+        let scanned = async {
+            let mut listed = listed;
+            if let Some(applied) = reconcile {
+                let rec = self.reconcile(None).await?;
+                applied(&rec);
+                listed = rec.listed.clone();
+                reconciled = Some(rec);
             }
-            _ = self.shutdown.cancelled() => (0, Vec::new()),
+            let (queued, mut errors, held) = self.scan_rules(&listed).await;
+            errors.extend(held);
+            anyhow::Ok((queued, errors))
         };
+        let scanned = tokio::select! {
+            r = scanned => r,
+            _ = self.shutdown.cancelled() => Ok((0, Vec::new())),
+        };
+        if scanned.is_err() {
+            // Reconciling failed (the store, say): nothing new starts, copies under way end.
+            self.draining.cancel();
+        }
         self.listing_count.fetch_sub(1, Ordering::SeqCst);
         self.work.notify_waiters();
         for w in workers {
             w.await.context("a copy worker panicked")?;
         }
         stopper.abort();
+        let (queued, mut scan_errors) = scanned?;
         scan_errors.extend(std::mem::take(&mut *lock(&self.listing_errors)));
         let config = self.config();
         for rule in &config.rules {
@@ -456,6 +477,7 @@ impl Core {
             replicated_bytes,
             scan_errors,
             failed,
+            reconciled,
         })
     }
 

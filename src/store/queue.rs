@@ -134,14 +134,16 @@ impl Store {
         quick(|| {
             let found: Option<(bool, bool)> = self
                 .db()
-                .prepare_cached(
+                .prepare_cached(concat!(
                     "SELECT t.state = 'running',
-                        EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled'
+                        EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND ",
+                    rule_runs!(),
+                    "
                                 AND r.generation = t.generation AND r.halted IS NULL)
                         AND (t.migration_id IS NULL OR EXISTS (SELECT 1 FROM migrations m
                                 WHERE m.id = t.migration_id AND m.control = 'run'))
-                     FROM tasks t WHERE t.id = ?1",
-                )?
+                     FROM tasks t WHERE t.id = ?1"
+                ))?
                 .query_row([task_id], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             Ok(match found {
@@ -383,11 +385,15 @@ impl Store {
     pub fn unfinished(&self) -> Result<i64> {
         blocking(|| {
             Ok(self.db().row(
-                "SELECT COUNT(*) FROM tasks t WHERE state IN ('queued', 'running')
-             AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled'
+                concat!(
+                    "SELECT COUNT(*) FROM tasks t WHERE state IN ('queued', 'running')
+             AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND ",
+                    rule_runs!(),
+                    "
                          AND r.generation = t.generation)
              AND (t.migration_id IS NULL OR EXISTS (
-                  SELECT 1 FROM migrations m WHERE m.id = t.migration_id AND m.control = 'run'))",
+                  SELECT 1 FROM migrations m WHERE m.id = t.migration_id AND m.control = 'run'))"
+                ),
                 [],
                 |r| r.get(0),
             )?)
@@ -480,16 +486,30 @@ fn complete_in(tx: &rusqlite::Transaction, task: &Task, dest_version: Option<&st
     Ok(n == 1)
 }
 
+/// The state of rule `r` in which task `t` of its generation may run: enabled, or still being
+/// enabled for a task of its first migration, which the enabling's listing queues page by page
+/// (copies need not wait for the whole listing).
+macro_rules! rule_runs {
+    () => {
+        "(r.state = 'enabled' OR (r.state = 'enabling' AND t.migration_id IS NOT NULL))"
+    };
+}
+use rule_runs;
+
 /// What makes a queued task `t` runnable at `?1`: due, its rule enabled in the task's generation,
 /// and no unfinished task of the same key ahead of it: one running, or one queued earlier that
 /// will run (not one of a paused migration).
-const RUNNABLE: &str = "AND t.not_before <= ?1
-    AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND r.state = 'enabled'
+const RUNNABLE: &str = concat!(
+    "AND t.not_before <= ?1
+    AND EXISTS (SELECT 1 FROM rules r WHERE r.rule_id = t.rule_id AND ",
+    rule_runs!(),
+    "
                 AND r.generation = t.generation AND r.halted IS NULL)
     AND NOT EXISTS (SELECT 1 FROM tasks e WHERE e.rule_id = t.rule_id AND e.key = t.key
                     AND e.id != t.id AND (e.state = 'running' OR (e.id < t.id AND e.state = 'queued'
                         AND (e.migration_id IS NULL OR EXISTS (SELECT 1 FROM migrations m
-                            WHERE m.id = e.migration_id AND m.control = 'run')))))";
+                            WHERE m.id = e.migration_id AND m.control = 'run')))))"
+);
 
 /// A queued real-time task for the change `c`.
 fn insert_task(db: &rusqlite::Connection, rule_id: &str, generation: i64, c: &NewChange, now: i64) -> Result<()> {
