@@ -2,6 +2,7 @@
 //! and pruning what nothing needs any more.
 
 use super::*;
+use std::sync::LazyLock;
 
 #[derive(Debug, Clone, Default)]
 pub struct Backlog {
@@ -431,13 +432,25 @@ pub enum Start {
     Dropped,
 }
 
+/// The next runnable real-time task; the next runnable task of migration `?2`. Built once: a
+/// claim runs for every task.
+static CLAIM_REAL_TIME: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {TASK_COLUMNS} FROM tasks t WHERE state = 'queued' AND migration_id IS NULL {RUNNABLE}
+             ORDER BY id LIMIT 1"
+    )
+});
+static CLAIM_MIGRATION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {TASK_COLUMNS} FROM tasks t WHERE state = 'queued' AND migration_id = ?2 {RUNNABLE}
+             ORDER BY id LIMIT 1"
+    )
+});
+
 /// Leases the next runnable task in `tx` (see `Store::claim`), not yet counted.
 fn claim_in(tx: &rusqlite::Transaction, now: i64) -> Result<Option<Task>> {
     let mut task = tx
-        .prepare_cached(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks t WHERE state = 'queued' AND migration_id IS NULL {RUNNABLE}
-             ORDER BY id LIMIT 1"
-        ))?
+        .prepare_cached(&CLAIM_REAL_TIME)?
         .query_row([now], task_from_row)
         .optional()?;
     if task.is_none() {
@@ -445,10 +458,7 @@ fn claim_in(tx: &rusqlite::Transaction, now: i64) -> Result<Option<Task>> {
             .prepare_cached("SELECT id FROM migrations WHERE control = 'run' ORDER BY id")?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
-        let mut next = tx.prepare_cached(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks t WHERE state = 'queued' AND migration_id = ?2 {RUNNABLE}
-             ORDER BY id LIMIT 1"
-        ))?;
+        let mut next = tx.prepare_cached(&CLAIM_MIGRATION)?;
         for m in running {
             task = next.query_row(params![now, m], task_from_row).optional()?;
             if task.is_some() {
