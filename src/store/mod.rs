@@ -558,6 +558,15 @@ mod tests {
         }
     }
 
+    /// A store whose rule "r" is enabled, with its generation (keep the directory alive).
+    fn enabled_store() -> (tempfile::TempDir, Store, i64) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let g = s.begin_enable("r", "scope", "sh/b").unwrap();
+        assert!(s.finish_enable("r", g, 1).unwrap());
+        (dir, s, g)
+    }
+
     #[test]
     fn queue_dedups_and_keeps_key_order() {
         let dir = tempfile::tempdir().unwrap();
@@ -581,10 +590,7 @@ mod tests {
 
     #[test]
     fn completing_a_task_claims_the_next_one_it_held_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        let g = s.begin_enable("r", "scope", "sh/b").unwrap();
-        assert!(s.finish_enable("r", g, 1).unwrap());
+        let (_dir, s, g) = enabled_store();
         s.queue_new("r", g, &[change("a", "v1"), change("a", "v2")]).unwrap();
         let v1 = s.claim(now_ms()).unwrap().unwrap();
         // v2 waits for v1 until v1 is done, and the same commit hands it out.
@@ -603,10 +609,7 @@ mod tests {
 
     #[test]
     fn a_claimed_task_whose_rule_was_held_meanwhile_goes_back_unstarted() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        let g = s.begin_enable("r", "scope", "sh/b").unwrap();
-        assert!(s.finish_enable("r", g, 1).unwrap());
+        let (_dir, s, g) = enabled_store();
         s.queue_new("r", g, &[change("a", "v1"), change("b", "w1")]).unwrap();
         let a = s.claim(now_ms()).unwrap().unwrap();
         let b = s.complete_and_claim(&a, Some("d1"), 1, now_ms()).unwrap().unwrap();
@@ -629,10 +632,7 @@ mod tests {
 
     #[test]
     fn an_older_task_waits_while_a_newer_one_of_its_key_runs() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        let g = s.begin_enable("r", "scope", "sh/b").unwrap();
-        assert!(s.finish_enable("r", g, 1).unwrap());
+        let (_dir, s, g) = enabled_store();
         s.queue_new("r", g, &[change("a", "v1"), change("a", "v2")]).unwrap();
         let v1 = s.claim(now_ms()).unwrap().unwrap();
         s.fail(v1.id, "boom").unwrap();
@@ -649,10 +649,7 @@ mod tests {
 
     #[test]
     fn pruning_keeps_the_newest_replica_of_each_key() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        let g = s.begin_enable("r", "scope", "sh/b").unwrap();
-        assert!(s.finish_enable("r", g, 1).unwrap());
+        let (_dir, s, g) = enabled_store();
         s.queue_new("r", g, &[change("a", "v1"), change("a", "v2"), change("b", "w1")])
             .unwrap();
         for _ in 0..3 {
@@ -753,10 +750,7 @@ mod tests {
 
     #[test]
     fn disable_drops_queue() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        let g = s.begin_enable("r", "scope", "sh/b").unwrap();
-        assert!(s.finish_enable("r", g, 1).unwrap());
+        let (_dir, s, g) = enabled_store();
         s.queue_new("r", g, &[change("a", "v1")]).unwrap();
         s.disable("r", "disabled").unwrap();
         assert!(s.claim(now_ms()).unwrap().is_none());
