@@ -477,11 +477,7 @@ impl Core {
             MigrateAction::Cancel => match latest {
                 Some(m) if matches!(state, "listing" | "running" | "paused") => {
                     let uploads = blocking(|| self.store.cancel_migration(m.id)).map_err(err)?;
-                    for (_, mig, token) in lock(&self.running).values() {
-                        if *mig == Some(m.id) {
-                            token.cancel();
-                        }
-                    }
+                    self.abort_migration_copies(m.id);
                     let clients = self.clients();
                     if let Ok(dst) = clients.get(&rule.destination.endpoint) {
                         let dst = dst.clone();

@@ -509,11 +509,7 @@ impl Core {
                 // copies already under way (they start with the listing's first page) stop.
                 if let Some(id) = migration {
                     self.store.cancel_migration(id)?;
-                    for (_, m, token) in lock(&self.running).values() {
-                        if *m == Some(id) {
-                            token.cancel();
-                        }
-                    }
+                    self.abort_migration_copies(id);
                 }
                 return Err(e);
             }
@@ -529,6 +525,15 @@ impl Core {
             migration,
             listed: (generation, started),
         })
+    }
+
+    /// Aborts the copies of migration `id` under way: it was cancelled.
+    pub(super) fn abort_migration_copies(&self, id: i64) {
+        for (_, m, token) in lock(&self.running).values() {
+            if *m == Some(id) {
+                token.cancel();
+            }
+        }
     }
 
     /// Creates the migration of a rule's first enabling. One left by an earlier enabling that
