@@ -14,6 +14,7 @@ use aws_sdk_s3::types::{BucketVersioningStatus, EncodingType};
 use std::collections::HashMap;
 use std::time::Duration;
 
+mod endpoint;
 pub mod health;
 mod list;
 pub mod tag_count;
@@ -238,6 +239,7 @@ impl S3 {
         let shared = loader.load().await;
         let mut builder = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(ep.path_style)
+            .endpoint_resolver(endpoint::KeylessResolver::default())
             // Many S3-compatible servers reject the SDK's default CRC32 checksum headers.
             .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
