@@ -8,7 +8,7 @@ use crate::engine::RunSummary;
 use crate::engine::copy::{CopyCtx, CopyError};
 use crate::engine::progress::TaskProgress;
 use crate::s3::S3;
-use crate::store::{NewChange, Start, Task, TaskKind, blocking, now_ms};
+use crate::store::{KeyTasks, NewChange, Start, Task, TaskKind, blocking, now_ms};
 use anyhow::{Context, Result};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,15 +34,6 @@ impl Core {
             self.store.skip(task.id, "the rule is no longer in the config")?;
             return Ok(None);
         };
-        if self.store.superseded(&task)? {
-            // An upload an earlier attempt left open would be orphaned on the destination.
-            if let Ok(dst) = clients.get(&rule.destination.endpoint) {
-                self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
-            }
-            self.store
-                .skip(task.id, "a newer change of this key was already replicated")?;
-            return Ok(None);
-        }
         if task.kind == TaskKind::Delete && rule.operations == Operations::Put {
             self.store
                 .skip(task.id, "the rule replicates no deletes (operations = \"put\")")?;
@@ -72,20 +63,14 @@ impl Core {
                 }
             }
         }
-        let overwrite = match task.migration_id {
-            Some(id) => self
-                .store
-                .migration(id)?
-                .map(|m| Overwrite::parse(&m.overwrite).unwrap_or(Overwrite::IfDifferent)),
-            None => None,
-        };
         let token = CancellationToken::new();
         lock(&self.running).insert(task.id, (rule.id.clone(), task.migration_id, token.clone()));
         // A disable or cancel that ran between the claim and the line above could not see this
         // task's token: ask the store whether the task is still ours to run.
         // A task claimed as the last copy was recorded may also have waited for that copy's
         // checks, which can hold its rule (the destination stopped versioning, say).
-        match self.store.may_start(task.id)? {
+        let check = self.store.may_start(&task)?;
+        match check.start {
             Start::Go => {}
             Start::Held => {
                 lock(&self.running).remove(&task.id);
@@ -97,7 +82,18 @@ impl Core {
                 self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
                 return Ok(None);
             }
+            Start::Superseded => {
+                lock(&self.running).remove(&task.id);
+                // An upload an earlier attempt left open would be orphaned on the destination.
+                self.abort_open_upload(&task, dst, &rule.destination.bucket).await;
+                self.store
+                    .skip(task.id, "a newer change of this key was already replicated")?;
+                return Ok(None);
+            }
         }
+        let overwrite = check
+            .overwrite
+            .map(|o| Overwrite::parse(&o).unwrap_or(Overwrite::IfDifferent));
         self.progress.start(TaskProgress {
             task_id: task.id,
             rule_id: rule.id.clone(),
@@ -145,19 +141,21 @@ impl Core {
                 let dest_version = done.dest_version.as_deref();
                 // No version kept: the next claim waits for the versioning check below.
                 let unversioned = dest_version.is_none_or(|v| v == "null");
-                if self.draining.is_cancelled() || unversioned {
-                    self.store.complete(&task, dest_version, done.bytes)?;
+                let key_tasks = if self.draining.is_cancelled() || unversioned {
+                    self.store.complete(&task, dest_version, done.bytes)?
                 } else {
-                    next = match self.store.complete_and_claim(&task, dest_version, done.bytes, now_ms()) {
-                        Ok(next) => next,
+                    match self.store.complete_and_claim(&task, dest_version, done.bytes, now_ms()) {
+                        Ok((key_tasks, claimed)) => {
+                            next = claimed;
+                            key_tasks
+                        }
                         // The copy is recorded on its own rather than undone with the claim.
                         Err(e) => {
                             tracing::warn!(error = %format!("{e:#}"), "could not claim the next task");
-                            self.store.complete(&task, dest_version, done.bytes)?;
-                            None
+                            self.store.complete(&task, dest_version, done.bytes)?
                         }
-                    };
-                }
+                    }
+                };
                 {
                     let mut n = lock(&self.replicated_now);
                     n.0 += 1;
@@ -181,7 +179,7 @@ impl Core {
                     // The destination kept no version of this write: is it still versioning?
                     self.versioning_halt(rule, &clients).await;
                 }
-                self.check_drained(rule, &task, src, dst).await;
+                self.check_drained(rule, &task, key_tasks, src, dst).await;
             }
             Some(Err(CopyError::Gone(why))) if listed_but_unserved(src, rule, &task).await => {
                 let why = format!(
@@ -566,11 +564,8 @@ impl Core {
     /// it is not. Servers may list versions in an order other than the order they became latest
     /// (AWS orders multipart versions by upload initiation), so per-key order alone cannot
     /// promise this. Only keys with more than one change in this generation are checked.
-    async fn check_drained(&self, rule: &Rule, task: &Task, src: &S3, dst: &S3) {
-        let Ok((unfinished, total)) = self.store.key_tasks(&rule.id, &task.key, task.generation) else {
-            return;
-        };
-        if unfinished > 0 || total < 2 {
+    async fn check_drained(&self, rule: &Rule, task: &Task, key_tasks: KeyTasks, src: &S3, dst: &S3) {
+        if key_tasks.unfinished > 0 || key_tasks.total < 2 {
             return;
         }
         let latest = match head_latest(src, &rule.source.bucket, &task.key).await {

@@ -71,15 +71,15 @@ impl Store {
         dest_version: Option<&str>,
         bytes: u64,
         now: i64,
-    ) -> Result<Option<Task>> {
+    ) -> Result<(KeyTasks, Option<Task>)> {
         quick(|| {
             let mut db = self.db();
             let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let done = complete_in(&tx, task, dest_version, bytes)?;
+            let (done, key) = complete_in(&tx, task, dest_version, bytes)?;
             let next = claim_in(&tx, now)?;
             tx.commit()?;
             self.completed(task, done);
-            Ok(self.claimed(next))
+            Ok((key, self.claimed(next)))
         })
     }
 
@@ -131,9 +131,12 @@ impl Store {
     /// meanwhile), its rule enabled in the task's generation and not held, and its migration
     /// (if any) not paused. A task claimed as the last copy was recorded can wait a while (that
     /// copy's checks) before it starts.
-    pub fn may_start(&self, task_id: i64) -> Result<Start> {
+    pub fn may_start(&self, task: &Task) -> Result<StartCheck> {
         quick(|| {
-            let found: Option<(bool, bool)> = self
+            // One statement, so one read of the database per task: whether it is still ours,
+            // whether a newer change of its key was replicated (see `superseded`), and its
+            // migration's overwrite policy.
+            let found: Option<(bool, bool, bool, Option<String>)> = self
                 .db()
                 .prepare_cached(concat!(
                     "SELECT t.state = 'running',
@@ -142,15 +145,32 @@ impl Store {
                     "
                                 AND r.generation = t.generation AND r.halted IS NULL)
                         AND (t.migration_id IS NULL OR EXISTS (SELECT 1 FROM migrations m
-                                WHERE m.id = t.migration_id AND m.control = 'run'))
+                                WHERE m.id = t.migration_id AND m.control = 'run')),
+                        EXISTS (SELECT 1 FROM tasks s WHERE s.rule_id = t.rule_id AND s.key = t.key AND (",
+                    superseding!(),
+                    ")),
+                        (SELECT m.overwrite FROM migrations m WHERE m.id = t.migration_id)
                      FROM tasks t WHERE t.id = ?1"
                 ))?
-                .query_row([task_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                .query_row([task.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?;
             Ok(match found {
-                Some((true, true)) => Start::Go,
-                Some((true, false)) => Start::Held,
-                _ => Start::Dropped,
+                Some((true, true, false, overwrite)) => StartCheck {
+                    start: Start::Go,
+                    overwrite,
+                },
+                Some((true, true, true, _)) => StartCheck {
+                    start: Start::Superseded,
+                    overwrite: None,
+                },
+                Some((true, false, _, _)) => StartCheck {
+                    start: Start::Held,
+                    overwrite: None,
+                },
+                _ => StartCheck {
+                    start: Start::Dropped,
+                    overwrite: None,
+                },
             })
         })
     }
@@ -178,14 +198,16 @@ impl Store {
         Ok(())
     }
 
-    pub fn complete(&self, task: &Task, dest_version: Option<&str>, bytes: u64) -> Result<()> {
+    /// Marks a running task done, counting its bytes for its rule. Returns the counts of its
+    /// key's tasks after it.
+    pub fn complete(&self, task: &Task, dest_version: Option<&str>, bytes: u64) -> Result<KeyTasks> {
         quick(|| {
             let mut db = self.db();
             let tx = db.transaction()?;
-            let done = complete_in(&tx, task, dest_version, bytes)?;
+            let (done, key) = complete_in(&tx, task, dest_version, bytes)?;
             tx.commit()?;
             self.completed(task, done);
-            Ok(())
+            Ok(key)
         })
     }
 
@@ -272,31 +294,19 @@ impl Store {
     pub fn superseded(&self, task: &Task) -> Result<bool> {
         quick(|| {
             Ok(self
-            .db()
-            .row(
-                "SELECT 1 FROM tasks WHERE rule_id = ?1 AND key = ?2 AND (
-                    (id > ?3 AND state = 'done')
-                    -- A migration copies what existed at the enable point: any real-time change of
-                    -- the key in this generation is newer, whatever order their tasks were queued in.
-                    OR (?4 AND migration_id IS NULL AND generation = ?5 AND state IN ('queued', 'running', 'done', 'failed')))
-                 LIMIT 1",
-                params![task.rule_id, task.key, task.id, task.migration_id.is_some(), task.generation],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
-        })
-    }
-
-    /// Of a key's tasks in this generation: how many are unfinished, and how many are not dropped.
-    pub fn key_tasks(&self, rule_id: &str, key: &str, generation: i64) -> Result<(i64, i64)> {
-        quick(|| {
-            Ok(self.db().row(
-                "SELECT COALESCE(SUM(state IN ('queued', 'running')), 0), COALESCE(SUM(state != 'dropped'), 0)
-             FROM tasks WHERE rule_id = ?1 AND key = ?2 AND generation = ?3",
-                params![rule_id, key, generation],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?)
+                .db()
+                .row(
+                    concat!(
+                        "SELECT 1 FROM tasks s, (SELECT ?1 AS rule_id, ?2 AS key, ?3 AS id, ?4 AS migration_id, ?5 AS generation) t
+                         WHERE s.rule_id = t.rule_id AND s.key = t.key AND (",
+                        superseding!(),
+                        ") LIMIT 1"
+                    ),
+                    params![task.rule_id, task.key, task.id, task.migration_id, task.generation],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some())
         })
     }
 
@@ -421,6 +431,14 @@ impl Store {
     }
 }
 
+/// Of a key's tasks in one generation: how many are unfinished (queued or running), and how
+/// many are not dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyTasks {
+    pub unfinished: i64,
+    pub total: i64,
+}
+
 /// Whether a claimed task may start (see `Store::may_start`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -430,7 +448,30 @@ pub enum Start {
     Held,
     /// Dropped or cancelled meanwhile.
     Dropped,
+    /// A newer change of its key was already replicated (see `Store::superseded`).
+    Superseded,
 }
+
+/// What `Store::may_start` found of a claimed task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartCheck {
+    pub start: Start,
+    /// Its migration's overwrite policy, when it may start and belongs to a migration.
+    pub overwrite: Option<String>,
+}
+
+/// What makes task `s` (of the same rule and key) supersede task `t`: a later change of the key
+/// already replicated, or, for a migration's task, any real-time change of the key in the same
+/// generation (a migration copies what existed at the enable point: such a change is newer,
+/// whatever order their tasks were queued in).
+macro_rules! superseding {
+    () => {
+        "(s.id > t.id AND s.state = 'done')
+         OR (t.migration_id IS NOT NULL AND s.migration_id IS NULL AND s.generation = t.generation
+             AND s.state IN ('queued', 'running', 'done', 'failed'))"
+    };
+}
+use superseding;
 
 /// The next runnable real-time task; the next runnable task of migration `?2`. Built once: a
 /// claim runs for every task.
@@ -476,8 +517,14 @@ fn claim_in(tx: &rusqlite::Transaction, now: i64) -> Result<Option<Task>> {
 }
 
 /// Marks a running task done in `tx`, counting its bytes for its rule. Returns whether it was
-/// still running (a disable may have dropped it meanwhile).
-fn complete_in(tx: &rusqlite::Transaction, task: &Task, dest_version: Option<&str>, bytes: u64) -> Result<bool> {
+/// still running (a disable may have dropped it meanwhile), and its key's tasks then (in the
+/// same transaction: one read of the database less per task).
+fn complete_in(
+    tx: &rusqlite::Transaction,
+    task: &Task,
+    dest_version: Option<&str>,
+    bytes: u64,
+) -> Result<(bool, KeyTasks)> {
     let n = tx
         .prepare_cached(
             "UPDATE tasks SET state = 'done', dest_version_id = ?2, last_error = NULL, updated_at = ?3
@@ -493,7 +540,21 @@ fn complete_in(tx: &rusqlite::Transaction, task: &Task, dest_version: Option<&st
     }
     tx.prepare_cached("DELETE FROM parts WHERE task_id = ?1")?
         .execute([task.id])?;
-    Ok(n == 1)
+    Ok((n == 1, key_tasks_in(tx, &task.rule_id, &task.key, task.generation)?))
+}
+
+fn key_tasks_in(db: &Connection, rule_id: &str, key: &str, generation: i64) -> Result<KeyTasks> {
+    Ok(db.row(
+        "SELECT COALESCE(SUM(state IN ('queued', 'running')), 0), COALESCE(SUM(state != 'dropped'), 0)
+         FROM tasks WHERE rule_id = ?1 AND key = ?2 AND generation = ?3",
+        params![rule_id, key, generation],
+        |r| {
+            Ok(KeyTasks {
+                unfinished: r.get(0)?,
+                total: r.get(1)?,
+            })
+        },
+    )?)
 }
 
 /// The state of rule `r` in which task `t` of its generation may run: enabled, or still being
