@@ -144,7 +144,11 @@ impl Core {
                 let key_tasks = if self.draining.is_cancelled() || unversioned {
                     self.store.complete(&task, dest_version, done.bytes)?
                 } else {
-                    match self.store.complete_and_claim(&task, dest_version, done.bytes, now_ms()) {
+                    let recorded = self
+                        .store
+                        .complete_and_claim_grouped(&task, dest_version.map(str::to_owned), done.bytes, now_ms())
+                        .await;
+                    match recorded {
                         Ok((key_tasks, claimed)) => {
                             next = claimed;
                             key_tasks

@@ -3,6 +3,7 @@
 //! which the last sync point follows).
 //! Credentials never enter it.
 
+mod group;
 mod lock;
 mod migrations;
 mod queue;
@@ -264,6 +265,8 @@ pub struct Store {
     conn: Mutex<Connection>,
     /// Task counts by rule, migration and state, moved by every method that moves a task.
     tally: Mutex<Tallies>,
+    /// Writes waiting for the next group commit (see `group`).
+    pending: group::Pending,
     pub dir: PathBuf,
 }
 
@@ -442,6 +445,7 @@ impl Store {
             Ok(Store {
                 conn: Mutex::new(conn),
                 tally: Mutex::new(Tallies::default()),
+                pending: group::Pending::default(),
                 dir: dir.to_path_buf(),
             })
         };
@@ -473,6 +477,7 @@ impl Store {
             let store = Store {
                 conn: Mutex::new(conn),
                 tally: Mutex::new(Tallies::default()),
+                pending: group::Pending::default(),
                 dir: dir.to_path_buf(),
             };
             store.reload_tally()?;
@@ -547,10 +552,10 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn change(key: &str, v: &str) -> NewChange {
+    pub(super) fn change(key: &str, v: &str) -> NewChange {
         NewChange {
             queue: true,
             kind: TaskKind::Put,
@@ -564,7 +569,7 @@ mod tests {
     }
 
     /// A store whose rule "r" is enabled, with its generation (keep the directory alive).
-    fn enabled_store() -> (tempfile::TempDir, Store, i64) {
+    pub(super) fn enabled_store() -> (tempfile::TempDir, Store, i64) {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         let g = s.begin_enable("r", "scope", "sh/b").unwrap();

@@ -85,17 +85,28 @@ impl Store {
 
     /// Counts a claimed task as running, and marks it so.
     fn claimed(&self, task: Option<Task>) -> Option<Task> {
-        let mut t = task?;
-        self.tallies().shift(
-            &(t.rule_id.clone(), t.migration_id),
-            Some(State::Queued),
-            Some(State::Running),
-            1,
-            t.size as i64,
-        );
+        self.count_claimed(task.as_ref());
+        task.map(Store::as_claimed)
+    }
+
+    /// Counts a claimed task as running.
+    pub(super) fn count_claimed(&self, task: Option<&Task>) {
+        if let Some(t) = task {
+            self.tallies().shift(
+                &(t.rule_id.clone(), t.migration_id),
+                Some(State::Queued),
+                Some(State::Running),
+                1,
+                t.size as i64,
+            );
+        }
+    }
+
+    /// A task as its claim left it: running, one attempt more.
+    pub(super) fn as_claimed(mut t: Task) -> Task {
         t.attempts += 1;
         t.state = "running".into();
-        Some(t)
+        t
     }
 
     /// Tasks left `running` by a process that died are queued again (their parts are kept),
@@ -212,7 +223,7 @@ impl Store {
     }
 
     /// Counts a task that `complete_in` moved (when `done`) as done.
-    fn completed(&self, task: &Task, done: bool) {
+    pub(super) fn completed(&self, task: &Task, done: bool) {
         if done {
             self.shift_task(
                 Some(((task.rule_id.clone(), task.migration_id), task.size as i64)),
@@ -489,7 +500,7 @@ static CLAIM_MIGRATION: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Leases the next runnable task in `tx` (see `Store::claim`), not yet counted.
-fn claim_in(tx: &rusqlite::Transaction, now: i64) -> Result<Option<Task>> {
+pub(super) fn claim_in(tx: &Connection, now: i64) -> Result<Option<Task>> {
     let mut task = tx
         .prepare_cached(&CLAIM_REAL_TIME)?
         .query_row([now], task_from_row)
@@ -519,8 +530,8 @@ fn claim_in(tx: &rusqlite::Transaction, now: i64) -> Result<Option<Task>> {
 /// Marks a running task done in `tx`, counting its bytes for its rule. Returns whether it was
 /// still running (a disable may have dropped it meanwhile), and its key's tasks then (in the
 /// same transaction: one read of the database less per task).
-fn complete_in(
-    tx: &rusqlite::Transaction,
+pub(super) fn complete_in(
+    tx: &Connection,
     task: &Task,
     dest_version: Option<&str>,
     bytes: u64,

@@ -5,7 +5,7 @@
 
 use super::{Cached, Store, quick};
 use anyhow::Result;
-use rusqlite::{OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 /// Run by `Store::open`.
 pub(super) const SCHEMA: &str = r#"
@@ -31,13 +31,7 @@ impl Store {
     /// Records the replica the task is about to write, replacing what an earlier attempt
     /// recorded.
     pub fn record_replica(&self, task_id: i64, replica: &Replica) -> Result<()> {
-        quick(|| {
-            self.db().exec(
-                "INSERT OR REPLACE INTO replicas (task_id, size, etag, digest) VALUES (?1, ?2, ?3, ?4)",
-                params![task_id, replica.size as i64, replica.etag, replica.digest],
-            )?;
-            Ok(())
-        })
+        quick(|| record_in(&self.db(), task_id, replica))
     }
 
     /// Forgets what the task wrote: that write was found wrong, and a later attempt must copy
@@ -81,6 +75,14 @@ impl Store {
             )
             .optional()?)
     }
+}
+
+pub(super) fn record_in(db: &Connection, task_id: i64, replica: &Replica) -> Result<()> {
+    db.exec(
+        "INSERT OR REPLACE INTO replicas (task_id, size, etag, digest) VALUES (?1, ?2, ?3, ?4)",
+        params![task_id, replica.size as i64, replica.etag, replica.digest],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -68,7 +68,7 @@ pub struct CopyCtx<'a> {
     pub dst: &'a S3,
     pub rule: &'a Rule,
     pub engine: &'a EngineConfig,
-    pub store: &'a Store,
+    pub store: &'a Arc<Store>,
     pub progress: &'a Arc<Progress>,
     /// The bandwidth limits this copy shares (global, the rule's).
     pub limits: Vec<Arc<Limiter>>,
@@ -477,14 +477,16 @@ impl CopyCtx<'_> {
                 req.headers_mut().insert("expires", expires.clone());
             });
         }
-        self.store.record_replica(
-            task.id,
-            &Replica {
-                size,
-                etag: Some(hex::encode(md5)),
-                digest: headers.digest(&tags),
-            },
-        )?;
+        self.store
+            .record_replica_grouped(
+                task.id,
+                Replica {
+                    size,
+                    etag: Some(hex::encode(md5)),
+                    digest: headers.digest(&tags),
+                },
+            )
+            .await?;
         let sent = watch(put.send(), &activity, self.engine.stall_timeout)
             .await
             .map_err(|stall| self.stalled(task, "PutObject", stall))?;
