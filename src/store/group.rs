@@ -93,7 +93,9 @@ impl Store {
             tokio::spawn(async move {
                 // Copies that finished meanwhile, ready to run, ask for their writes first.
                 tokio::task::yield_now().await;
-                super::blocking(|| store.commit_group());
+                // In place, as the other writes of one task are (see `quick`): handing the
+                // thread over would cost more than the commit.
+                super::quick(|| store.commit_group());
             });
         }
         answer
@@ -185,7 +187,11 @@ mod tests {
             assert_eq!(s.replica(id).unwrap(), Some(replica(id as u64)));
         }
         assert_eq!(s.replica(99).unwrap(), None, "the failed write's insert was undone");
-        assert_eq!(s.pending.1.load(Ordering::Relaxed), 1, "the nine writes were one commit");
+        assert_eq!(
+            s.pending.1.load(Ordering::Relaxed),
+            1,
+            "the nine writes were one commit"
+        );
     }
 
     #[tokio::test]
@@ -198,9 +204,18 @@ mod tests {
             .complete_and_claim_grouped(&v1, Some("d1".into()), 1, crate::store::now_ms())
             .await
             .unwrap();
-        assert_eq!(key, KeyTasks { unfinished: 1, total: 2 });
+        assert_eq!(
+            key,
+            KeyTasks {
+                unfinished: 1,
+                total: 2
+            }
+        );
         let v2 = v2.expect("v2, held back until v1 was done");
-        assert_eq!((v2.version_id.as_str(), v2.attempts, v2.state.as_str()), ("v2", 1, "running"));
+        assert_eq!(
+            (v2.version_id.as_str(), v2.attempts, v2.state.as_str()),
+            ("v2", 1, "running")
+        );
         let t = s.tally("r", None);
         assert_eq!((t.done.objects, t.running.objects, t.queued.objects), (1, 1, 0));
         assert_eq!(s.replica_of("r", "a", "v1", g).unwrap(), Some(Some("d1".into())));
