@@ -11,8 +11,8 @@ use super::replica::Replica;
 use super::{KeyTasks, Store, Task};
 use anyhow::{Result, anyhow};
 use rusqlite::Connection;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// The writes waiting for the next group commit, and how many groups were committed.
@@ -68,11 +68,24 @@ where
     }
 }
 
+/// Commits the store's waiting writes when dropped: by the first caller of a group once it
+/// has waited for others, or as it is cancelled.
+struct CommitOnDrop<'a>(&'a Store);
+
+impl Drop for CommitOnDrop<'_> {
+    fn drop(&mut self) {
+        // In place, as the other writes of one task are (see `quick`): handing the runtime's
+        // thread over, or waking another, costs more than the commit.
+        super::quick(|| self.0.commit_group());
+    }
+}
+
 impl Store {
     /// Runs `apply` in the next group commit and returns its result once that is on disk;
-    /// `after` then moves the store's counts. The commit is made by a task of its own, so a
-    /// caller that stops waiting (a copy cancelled meanwhile) holds up no one else.
-    async fn grouped<R, F>(self: &Arc<Self>, apply: F, after: fn(&Store, &R)) -> Result<R>
+    /// `after` then moves the store's counts. The first caller of a group commits it, after
+    /// letting the tasks ready to run add theirs; a first caller that stops waiting (a copy
+    /// cancelled meanwhile) commits the group as it goes, so it holds up no one else.
+    async fn grouped<R, F>(&self, apply: F, after: fn(&Store, &R)) -> Result<R>
     where
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R> + Send + 'static,
@@ -89,14 +102,10 @@ impl Store {
             pending.len() == 1
         };
         if first {
-            let store = self.clone();
-            tokio::spawn(async move {
-                // Copies that finished meanwhile, ready to run, ask for their writes first.
-                tokio::task::yield_now().await;
-                // In place, as the other writes of one task are (see `quick`): handing the
-                // thread over would cost more than the commit.
-                super::quick(|| store.commit_group());
-            });
+            let commit = CommitOnDrop(self);
+            // Copies that finished meanwhile, ready to run, ask for their writes first.
+            tokio::task::yield_now().await;
+            drop(commit);
         }
         answer
             .await
@@ -123,14 +132,14 @@ impl Store {
     }
 
     /// [`Store::record_replica`], in a group commit.
-    pub async fn record_replica_grouped(self: &Arc<Self>, task_id: i64, replica: Replica) -> Result<()> {
+    pub async fn record_replica_grouped(&self, task_id: i64, replica: Replica) -> Result<()> {
         self.grouped(move |db| super::replica::record_in(db, task_id, &replica), |_, _| ())
             .await
     }
 
     /// [`Store::complete_and_claim`], in a group commit.
     pub async fn complete_and_claim_grouped(
-        self: &Arc<Self>,
+        &self,
         task: &Task,
         dest_version: Option<String>,
         bytes: u64,
@@ -171,7 +180,6 @@ mod tests {
     #[tokio::test]
     async fn writes_asked_for_together_share_a_commit_and_a_failed_one_alone_is_undone() {
         let (_dir, s, _) = enabled_store();
-        let s = Arc::new(s);
         let failing = s.grouped(
             |db| {
                 super::super::replica::record_in(db, 99, &replica(99))?;
@@ -197,7 +205,6 @@ mod tests {
     #[tokio::test]
     async fn a_grouped_completion_claims_the_next_task_and_moves_the_counts() {
         let (_dir, s, g) = enabled_store();
-        let s = Arc::new(s);
         s.queue_new("r", g, &[change("a", "v1"), change("a", "v2")]).unwrap();
         let v1 = s.claim(crate::store::now_ms()).unwrap().unwrap();
         let (key, v2) = s

@@ -68,7 +68,7 @@ pub struct CopyCtx<'a> {
     pub dst: &'a S3,
     pub rule: &'a Rule,
     pub engine: &'a EngineConfig,
-    pub store: &'a Arc<Store>,
+    pub store: &'a Store,
     pub progress: &'a Arc<Progress>,
     /// The bandwidth limits this copy shares (global, the rule's).
     pub limits: Vec<Arc<Limiter>>,
