@@ -1,4 +1,4 @@
-//! Argument parsing, then hand-off to the headless commands (or, later, the terminal UI).
+//! Argument parsing, then hand-off to the terminal UI (no command) or to a headless command.
 
 use clap::{Args, Parser, Subcommand};
 use crr::cli::{self, Paths};
