@@ -713,7 +713,8 @@ impl Core {
                     if status.is_empty() { "off".to_string() } else { status },
                     b.bucket
                 )),
-                Err(_) => return recorded_halt(&self.store, &rule.id),
+                // Unknown now: the reason recorded stands (none when the rule runs).
+                Err(_) => return self.store.rule_state(&rule.id).ok().flatten().and_then(|s| s.halted),
             }
         }
         let reason = (!reasons.is_empty()).then(|| reasons.join("; "));
@@ -794,9 +795,4 @@ struct Enabled {
     migration: Option<i64>,
     /// (generation, when the listing began).
     listed: (i64, i64),
-}
-
-/// The reason a rule is held, as recorded (None when it runs or cannot be read).
-fn recorded_halt(store: &Store, rule_id: &str) -> Option<String> {
-    store.rule_state(rule_id).ok().flatten().and_then(|s| s.halted)
 }

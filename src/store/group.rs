@@ -137,7 +137,8 @@ impl Store {
             .await
     }
 
-    /// [`Store::complete_and_claim`], in a group commit.
+    /// Marks a running task done, counting its bytes for its rule (as [`Store::complete`]),
+    /// and claims the next task in the same commit, as a worker that finished a copy does.
     pub async fn complete_and_claim_grouped(
         &self,
         task: &Task,
@@ -167,7 +168,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::{change, enabled_store};
+    use crate::store::tests::enabled_store;
 
     fn replica(size: u64) -> Replica {
         Replica {
@@ -200,31 +201,5 @@ mod tests {
             1,
             "the nine writes were one commit"
         );
-    }
-
-    #[tokio::test]
-    async fn a_grouped_completion_claims_the_next_task_and_moves_the_counts() {
-        let (_dir, s, g) = enabled_store();
-        s.queue_new("r", g, &[change("a", "v1"), change("a", "v2")]).unwrap();
-        let v1 = s.claim(crate::store::now_ms()).unwrap().unwrap();
-        let (key, v2) = s
-            .complete_and_claim_grouped(&v1, Some("d1".into()), 1, crate::store::now_ms())
-            .await
-            .unwrap();
-        assert_eq!(
-            key,
-            KeyTasks {
-                unfinished: 1,
-                total: 2
-            }
-        );
-        let v2 = v2.expect("v2, held back until v1 was done");
-        assert_eq!(
-            (v2.version_id.as_str(), v2.attempts, v2.state.as_str()),
-            ("v2", 1, "running")
-        );
-        let t = s.tally("r", None);
-        assert_eq!((t.done.objects, t.running.objects, t.queued.objects), (1, 1, 0));
-        assert_eq!(s.replica_of("r", "a", "v1", g).unwrap(), Some(Some("d1".into())));
     }
 }

@@ -63,26 +63,6 @@ impl Store {
         })
     }
 
-    /// `complete`, and the next task claimed in the same transaction (one commit for both), as
-    /// a worker that finished a copy does.
-    pub fn complete_and_claim(
-        &self,
-        task: &Task,
-        dest_version: Option<&str>,
-        bytes: u64,
-        now: i64,
-    ) -> Result<(KeyTasks, Option<Task>)> {
-        quick(|| {
-            let mut db = self.db();
-            let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let (done, key) = complete_in(&tx, task, dest_version, bytes)?;
-            let next = claim_in(&tx, now)?;
-            tx.commit()?;
-            self.completed(task, done);
-            Ok((key, self.claimed(next)))
-        })
-    }
-
     /// Counts a claimed task as running, and marks it so.
     fn claimed(&self, task: Option<Task>) -> Option<Task> {
         self.count_claimed(task.as_ref());

@@ -24,6 +24,13 @@ pub(super) fn enabled_store() -> (tempfile::TempDir, Store, i64) {
     (dir, s, g)
 }
 
+/// Records a running task done and claims the next, as a worker does (a group commit).
+fn complete_and_claim(s: &Store, task: &Task, dest_version: Option<&str>, bytes: u64) -> (KeyTasks, Option<Task>) {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(s.complete_and_claim_grouped(task, dest_version.map(str::to_owned), bytes, now_ms()))
+        .unwrap()
+}
+
 #[test]
 fn queue_dedups_and_keeps_key_order() {
     let dir = tempfile::tempdir().unwrap();
@@ -51,7 +58,7 @@ fn completing_a_task_claims_the_next_one_it_held_back() {
     s.queue_new("r", g, &[change("a", "v1"), change("a", "v2")]).unwrap();
     let v1 = s.claim(now_ms()).unwrap().unwrap();
     // v2 waits for v1 until v1 is done, and the same commit hands it out.
-    let (key, v2) = s.complete_and_claim(&v1, Some("d1"), 1, now_ms()).unwrap();
+    let (key, v2) = complete_and_claim(&s, &v1, Some("d1"), 1);
     assert_eq!(
         key,
         KeyTasks {
@@ -68,7 +75,7 @@ fn completing_a_task_claims_the_next_one_it_held_back() {
     assert_eq!(s.may_start(&v2).unwrap().start, Start::Go);
     let t = s.tally("r", None);
     assert_eq!((t.done.objects, t.running.objects, t.queued.objects), (1, 1, 0));
-    let (key, next) = s.complete_and_claim(&v2, Some("d2"), 1, now_ms()).unwrap();
+    let (key, next) = complete_and_claim(&s, &v2, Some("d2"), 1);
     assert_eq!(
         (key, next.is_none()),
         (
@@ -88,7 +95,7 @@ fn a_claimed_task_whose_rule_was_held_meanwhile_goes_back_unstarted() {
     let (_dir, s, g) = enabled_store();
     s.queue_new("r", g, &[change("a", "v1"), change("b", "w1")]).unwrap();
     let a = s.claim(now_ms()).unwrap().unwrap();
-    let b = s.complete_and_claim(&a, Some("d1"), 1, now_ms()).unwrap().1.unwrap();
+    let b = complete_and_claim(&s, &a, Some("d1"), 1).1.unwrap();
     assert!(s.set_halted("r", Some("the destination stopped versioning")).unwrap());
     assert_eq!(s.may_start(&b).unwrap().start, Start::Held);
     s.unclaim(b.id).unwrap();
@@ -144,7 +151,7 @@ fn a_migration_task_starts_with_its_overwrite_policy_unless_real_time_replaced_i
     // A real-time change of "b" comes while its migration task waits: the migration's copy
     // of the older version must not land over it.
     s.queue_new("r", g, &[change("b", "w2")]).unwrap();
-    let b = s.complete_and_claim(&a, Some("d1"), 1, now_ms()).unwrap().1.unwrap();
+    let b = complete_and_claim(&s, &a, Some("d1"), 1).1.unwrap();
     assert_eq!((b.version_id.as_str(), b.migration_id), ("w1", Some(id)));
     assert_eq!(s.may_start(&b).unwrap().start, Start::Superseded);
     s.skip(b.id, "superseded").unwrap();
