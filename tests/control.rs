@@ -792,6 +792,44 @@ async fn state_of_versions_gone_from_the_source_is_pruned() {
     assert_eq!(key_versions(&env.sh, "dst-bucket", "k.txt").await.len(), 2);
 }
 
+/// Nobody watching, no bucket probing: a headless run never lists every bucket of every
+/// endpoint. The first request for snapshots starts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buckets_are_probed_only_once_someone_watches() {
+    let env = Env::start().await;
+    credentials();
+    create_bucket(&env.gz, "src-bucket", true).await;
+    create_bucket(&env.sh, "dst-bucket", true).await;
+    create_bucket(&env.sh, "no-rule-uses-it", true).await;
+    env.write_config(&[rule().enabled(false)]);
+    let engine = open(&env).await;
+    let handle = engine.handle();
+    // Time for a probe and for several samples to carry it, had it started with the handle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut snapshots = handle.snapshot();
+    let first = snapshots.borrow_and_update().clone();
+    assert!(
+        first
+            .buckets
+            .iter()
+            .all(|b| b.versioning.is_none() && b.error.is_none()),
+        "buckets were probed before anyone watched: {:?}",
+        first.buckets
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = snapshots.borrow_and_update().clone();
+        if s.buckets.iter().any(|b| b.bucket == "no-rule-uses-it") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no probe after the snapshots were watched: {s:?}"
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), snapshots.changed()).await;
+    }
+}
+
 /// The snapshot shows each rule bucket's versioning, and a command turns it on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bucket_versioning_is_shown_and_enabled_through_the_handle() {

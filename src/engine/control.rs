@@ -21,6 +21,21 @@ pub struct EngineHandle {
     tx: mpsc::Sender<Request>,
     events: broadcast::Sender<Event>,
     snapshot: watch::Receiver<Snapshot>,
+    /// The engine's bucket prober, started by the first request for snapshots; `None` on a
+    /// handle to a service, whose own handle starts it.
+    probe: Option<Arc<Probe>>,
+}
+
+/// When bucket versioning is probed. Only a watcher of snapshots (the UI) shows it, and
+/// probing lists every bucket of every endpoint (up to `LISTED_BUCKETS` each) and asks each
+/// its versioning: a headless `run --once` or a one-off command that nobody watches never pays
+/// for it.
+#[derive(Default)]
+pub(super) struct Probe {
+    watched: std::sync::atomic::AtomicBool,
+    /// Wakes the prober: for its first pass when the snapshots are first watched, then for a
+    /// pass out of turn (versioning was just enabled).
+    pub(super) now: tokio::sync::Notify,
 }
 
 impl EngineHandle {
@@ -51,6 +66,11 @@ impl EngineHandle {
     }
 
     pub fn snapshot(&self) -> watch::Receiver<Snapshot> {
+        if let Some(p) = &self.probe
+            && !p.watched.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            p.now.notify_one();
+        }
         self.snapshot.clone()
     }
 
@@ -71,7 +91,12 @@ impl EngineHandle {
         events: broadcast::Sender<Event>,
         snapshot: watch::Receiver<Snapshot>,
     ) -> EngineHandle {
-        EngineHandle { tx, events, snapshot }
+        EngineHandle {
+            tx,
+            events,
+            snapshot,
+            probe: None,
+        }
     }
 }
 
@@ -97,6 +122,7 @@ impl Core {
             tx,
             events: self.events.clone(),
             snapshot: self.snapshot.subscribe(),
+            probe: Some(self.probe.clone()),
         }
     }
 
@@ -232,7 +258,7 @@ impl Core {
                         Err(e) => format!("versioning could not be enabled on {endpoint}/{bucket}: {}", e.message),
                     };
                     core.emit(Event::Notice { message });
-                    core.probe.notify_one();
+                    core.probe.now.notify_one();
                 });
                 Reply::done(answer)
             }
@@ -506,21 +532,30 @@ impl Core {
     }
 }
 
-/// Reads the rules' buckets' versioning at start, every minute, and when asked.
+/// Reads the buckets' versioning once the snapshots are first watched, then every minute and
+/// when asked.
 async fn versioning_prober(core: std::sync::Weak<Core>, closed: tokio_util::sync::CancellationToken) {
+    let mut watched = false;
     loop {
         let Some(c) = core.upgrade() else { return };
-        c.probe_versioning().await;
+        if watched {
+            c.probe_versioning().await;
+        }
         let wait = async {
-            tokio::select! {
-                _ = c.probe.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            if watched {
+                tokio::select! {
+                    _ = c.probe.now.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+                }
+            } else {
+                c.probe.now.notified().await
             }
         };
         tokio::select! {
             _ = wait => {}
             _ = closed.cancelled() => return,
         }
+        watched = true;
     }
 }
 

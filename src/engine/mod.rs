@@ -98,7 +98,7 @@ pub struct Core {
     failures: Mutex<VecDeque<Failure>>,
     /// Versioning of the buckets the rules use, by (endpoint, bucket), probed now and then.
     versioning: Mutex<HashMap<(String, String), Result<String, String>>>,
-    probe: Notify,
+    probe: Arc<control::Probe>,
     /// Per rule: cancelled when the rule stops, to end its enabling and its scan.
     rule_tokens: Mutex<HashMap<String, CancellationToken>>,
     scan_failing: Mutex<HashSet<String>>,
@@ -180,7 +180,7 @@ impl Engine {
             health,
             failures: Mutex::new(VecDeque::new()),
             versioning: Mutex::new(HashMap::new()),
-            probe: Notify::new(),
+            probe: Arc::default(),
             rule_tokens: Mutex::new(HashMap::new()),
             scan_failing: Mutex::new(HashSet::new()),
             sample_now: Arc::default(),
