@@ -699,12 +699,22 @@ impl Core {
     /// Returns why the rule is held. A bucket whose versioning cannot be read (endpoint down)
     /// changes nothing: copies then fail and back off on their own.
     pub(super) async fn versioning_halt(&self, rule: &Rule, clients: &Clients) -> Option<String> {
-        let mut reasons = Vec::new();
-        for (role, b) in [("source", &rule.source), ("destination", &rule.destination)] {
-            let Ok(s3) = clients.get(&b.endpoint) else {
+        let sides = [("source", &rule.source), ("destination", &rule.destination)];
+        let mut s3 = Vec::with_capacity(2);
+        for (_, b) in sides {
+            let Ok(c) = clients.get(&b.endpoint) else {
                 return None;
             };
-            match s3.versioning(&b.bucket).await {
+            s3.push(c);
+        }
+        // Both at once: the two buckets are often regions apart.
+        let states = tokio::join!(
+            s3[0].versioning(&rule.source.bucket),
+            s3[1].versioning(&rule.destination.bucket)
+        );
+        let mut reasons = Vec::new();
+        for ((role, b), state) in sides.into_iter().zip([states.0, states.1]) {
+            match state {
                 Ok(status) if status == "Enabled" => {}
                 Ok(status) => reasons.push(format!(
                     "versioning is {} on the {role} bucket {b}: copies are held until it is Enabled again \
