@@ -121,7 +121,9 @@ impl Core {
             {
                 return Ok(Err(why));
             }
-            ctx.run(&task).await.map(Ok)
+            // Boxed: a copy's future is about 12 KB, and held inline it would be copied into
+            // this block and again into the select below, once per task.
+            Box::pin(ctx.run(&task)).await.map(Ok)
         };
         let outcome = tokio::select! {
             r = work => Some(r),

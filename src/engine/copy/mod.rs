@@ -359,7 +359,9 @@ impl CopyCtx<'_> {
     }
 
     async fn single(&self, task: &Task) -> Result<Copied, CopyError> {
-        match self.put_whole(task, None).await? {
+        // Boxed: its future is large (two SDK requests in flight), and each async level that
+        // holds it inline would copy it as the copy starts.
+        match Box::pin(self.put_whole(task, None)).await? {
             Whole::Done(copied) => Ok(copied),
             Whole::EtagNotMd5(first_read) => {
                 tracing::info!(
