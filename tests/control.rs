@@ -792,6 +792,67 @@ async fn state_of_versions_gone_from_the_source_is_pruned() {
     assert_eq!(key_versions(&env.sh, "dst-bucket", "k.txt").await.len(), 2);
 }
 
+/// Serving, each rule is scanned on its own: a rule whose listing is slow (a big bucket, a
+/// slow endpoint) does not hold up the detection of another rule's changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_rules_scan_does_not_delay_another_rules_changes() {
+    let env = Env::start().await;
+    credentials();
+    for b in ["slow-src", "fast-src"] {
+        create_bucket(&env.gz, b, true).await;
+    }
+    for b in ["slow-dst", "fast-dst"] {
+        create_bucket(&env.sh, b, true).await;
+    }
+    // The slow rule comes first: scanned in turn, every scan of the fast one would wait for it.
+    let proxy = SlowProxy::start(format!("127.0.0.1:{}", env.gz.port)).await;
+    let text = env
+        .config_text(&[
+            Rule::new("slow", "gzslow/slow-src", "sh/slow-dst"),
+            Rule::new("fast", "gz/fast-src", "sh/fast-dst"),
+        ])
+        .replacen(
+            "[[rule]]",
+            &format!(
+                "{}\n[[rule]]",
+                common::endpoint_toml("gzslow", &env.gz.region, &proxy.url)
+            ),
+            1,
+        );
+    env.write_config_text(&text);
+    let engine = open(&env).await;
+    let rec = engine.reconcile(None).await.expect("reconcile");
+    assert!(rec.refused.is_empty(), "{:?}", rec.refused);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let serving = {
+        let (e, stop) = (engine.clone(), stop.clone());
+        tokio::spawn(async move { e.serve(stop).await })
+    };
+    // From now on every answer from the slow rule's source takes 10 s: each of its scans (the
+    // versioning check, then the listing) takes 20 s or more.
+    proxy.set_delay(Duration::from_secs(10));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    put(&env.gz, "fast-src", "k.txt", b"quick").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if !key_versions(&env.sh, "fast-dst", "k.txt").await.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fast rule's change was not replicated within 10 s while the slow rule scanned"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        get_bytes(&env.sh, "fast-dst", "k.txt").await.as_deref(),
+        Some(&b"quick"[..])
+    );
+    proxy.set_delay(Duration::ZERO);
+    stop.cancel();
+    serving.await.expect("join").expect("serve");
+}
+
 /// Nobody watching, no bucket probing: a headless run never lists every bucket of every
 /// endpoint. The first request for snapshots starts it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
