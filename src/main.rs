@@ -117,6 +117,7 @@ enum MigrateCommand {
 }
 
 fn main() -> ExitCode {
+    fewer_malloc_arenas();
     let cli = Cli::parse();
     let paths = Paths::resolve(cli.global.config, cli.global.state);
     let Some(command) = cli.command else {
@@ -155,4 +156,22 @@ fn main() -> ExitCode {
             Command::Retry { tasks, rule, all } => cli::retry(&rt_paths, tasks, rule, all).await,
         }
     })
+}
+
+/// glibc gives threads that allocate at the same time arenas of their own (up to 8 per core),
+/// and each arena keeps what was freed in it: copies hop between the runtime's threads, so the
+/// same buffers ended up held several times over. One arena per core (the runtime runs a worker
+/// per core) is enough: on two cores, copying 4 objects of 256 MiB peaked at 72 MB of RSS with
+/// glibc's default and at 56 to 58 MB with two arenas, for the same CPU. Called before any
+/// thread starts.
+fn fewer_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
+        let arenas = libc::c_int::try_from(cores).unwrap_or(libc::c_int::MAX);
+        // SAFETY: mallopt only sets an allocator parameter; no other thread exists yet.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+        }
+    }
 }
