@@ -119,18 +119,33 @@ pub const SCHEMA_VERSION: i64 = 3;
 
 /// Brings a database of an earlier layout (or a new, empty one) to [`SCHEMA_VERSION`].
 fn upgrade(conn: &Connection) -> Result<()> {
-    let version: i64 = conn.row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version > SCHEMA_VERSION {
-        anyhow::bail!(
+    let newer = |version: i64| {
+        anyhow!(
             "it was written by a newer crr (state layout {version}; this crr knows layouts up to \
              {SCHEMA_VERSION}): run that crr, or give this one another state directory; the \
              database was left as it is"
-        );
+        )
+    };
+    let version: i64 = conn.row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(newer(version));
     }
     if version == SCHEMA_VERSION {
         return Ok(());
     }
-    let has_tasks: bool = conn
+    // The write lock first, then the reads: a transaction that read first and then wrote could
+    // meet another process doing the same (`crr status` while `crr serve` starts on a new
+    // state directory) and be refused at once, without waiting.
+    let tx = rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
+    // Brought up to date by another process while this one waited for the lock.
+    let version: i64 = tx.row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > SCHEMA_VERSION {
+        return Err(newer(version));
+    }
+    if version == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let has_tasks: bool = tx
         .row(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'tasks'",
             [],
@@ -138,7 +153,6 @@ fn upgrade(conn: &Connection) -> Result<()> {
         )
         .optional()?
         .is_some();
-    let tx = conn.unchecked_transaction()?;
     if has_tasks {
         // Columns later layouts added: tasks.dest_absent (2), rules.halted (3).
         for (table, column, ddl) in [
@@ -167,6 +181,15 @@ fn upgrade(conn: &Connection) -> Result<()> {
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
+}
+
+/// Whether `e` is SQLite's "database is locked".
+fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<rusqlite::Error>()
+            .and_then(rusqlite::Error::sqlite_error_code)
+            == Some(rusqlite::ErrorCode::DatabaseBusy)
+    })
 }
 
 /// The error for a state database crr cannot use. A damaged file is named as such, with a way
@@ -426,7 +449,7 @@ impl Store {
         lock::create_state_dir(dir)?;
         let path = dir.join("crr.db");
         let conn = Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
-        let ready = || -> Result<Store> {
+        let set_up = |conn: &Connection| -> Result<()> {
             conn.busy_timeout(std::time::Duration::from_secs(10))?;
             conn.set_prepared_statement_cache_capacity(128);
             // Plans fixed at prepare time. Without this, a statement whose parameter meets a
@@ -434,7 +457,7 @@ impl Store {
             // which made every claim a fresh parse and plan (most of the queue's CPU).
             conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
             // Before anything else changes the file: a newer crr's database is left as it is.
-            upgrade(&conn)?;
+            upgrade(conn)?;
             conn.pragma_update(None, "journal_mode", "WAL")?;
             conn.pragma_update(None, "synchronous", "NORMAL")?;
             // The write-ahead log is copied back into the database every 10,000 pages (40 MB)
@@ -442,14 +465,27 @@ impl Store {
             // and a page rewritten by many tasks meanwhile is copied once. In a migration of
             // 10,000 small objects that was 42 syncs instead of 312.
             conn.pragma_update(None, "wal_autocheckpoint", 10000)?;
-            Ok(Store {
-                conn: Mutex::new(conn),
-                tally: Mutex::new(Tallies::default()),
-                pending: group::Pending::default(),
-                dir: dir.to_path_buf(),
-            })
+            Ok(())
         };
-        let store = ready().map_err(|e| damaged(e, &path))?;
+        // Another process setting up the same new database (`crr status` while `crr serve`
+        // starts) can make a step fail at once with "database is locked" rather than wait (the
+        // switch to write-ahead logging, a lock SQLite refuses to wait for): set-up is tried
+        // again, for as long as the busy timeout.
+        let started = std::time::Instant::now();
+        loop {
+            match set_up(&conn) {
+                Err(e) if is_busy(&e) && started.elapsed() < std::time::Duration::from_secs(10) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                done => break done.map_err(|e| damaged(e, &path))?,
+            }
+        }
+        let store = Store {
+            conn: Mutex::new(conn),
+            tally: Mutex::new(Tallies::default()),
+            pending: group::Pending::default(),
+            dir: dir.to_path_buf(),
+        };
         // Reads the whole queue: a damaged page shows here, before crr writes anything.
         store.reload_tally().map_err(|e| damaged(e, &path))?;
         Ok(store)

@@ -274,3 +274,29 @@ fn disable_drops_queue() {
     assert!(s.claim(now_ms()).unwrap().is_none());
     assert_eq!(s.backlog("r").unwrap().pending_tasks, 0);
 }
+
+/// Processes opening a new state directory at the same moment (`crr status` polling while
+/// `crr serve` starts) each wait for the other's set-up rather than fail with "database is
+/// locked".
+#[test]
+fn stores_opened_at_once_on_a_new_directory_all_open() {
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let start = std::sync::Barrier::new(4);
+        std::thread::scope(|s| {
+            let opened: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        Store::open(dir.path()).map(|_| ())
+                    })
+                })
+                .collect();
+            for o in opened {
+                if let Err(e) = o.join().unwrap() {
+                    panic!("{e:#}");
+                }
+            }
+        });
+    }
+}
