@@ -615,102 +615,6 @@ impl Core {
         }
     }
 
-    /// Scans every enabled rule once. Returns (tasks queued, errors, rules held and why). A
-    /// held rule is not a failing scan: it says so once when the hold starts.
-    pub async fn scan_all(&self) -> (usize, Vec<String>, Vec<String>) {
-        self.scan_rules(&HashMap::new()).await
-    }
-
-    /// `scan_all`, but a rule whose baseline `listed` names (by id: generation, when its
-    /// listing began) is not listed again: that listing is recorded as its scan. The rules are
-    /// scanned at once, so that a long listing does not hold up the others.
-    pub(crate) async fn scan_rules(&self, listed: &HashMap<String, (i64, i64)>) -> (usize, Vec<String>, Vec<String>) {
-        let config = self.config();
-        let scans = config
-            .rules
-            .iter()
-            .filter(|r| r.enabled)
-            .map(|rule| self.scan_rule(rule, listed.get(&rule.id).copied()));
-        let mut queued = 0;
-        let mut errors = Vec::new();
-        let mut held = Vec::new();
-        for scanned in futures::future::join_all(scans).await {
-            match scanned {
-                RuleScan::Skipped => {}
-                RuleScan::Queued(n) => queued += n,
-                RuleScan::Held(why) => held.push(why),
-                RuleScan::Failed(error) => errors.push(error),
-            }
-        }
-        (queued, errors, held)
-    }
-
-    /// Scans one rule, if it is enabled: its changes since the last scan are queued. A rule
-    /// whose baseline was `listed` (generation, when its listing began) in this generation
-    /// records that listing as its scan instead.
-    pub(crate) async fn scan_rule(&self, rule: &Rule, listed: Option<(i64, i64)>) -> RuleScan {
-        let clients = self.clients();
-        let Ok(Some(state)) = self.store.rule_state(&rule.id) else {
-            return RuleScan::Skipped;
-        };
-        if state.state != "enabled" {
-            return RuleScan::Skipped;
-        }
-        // A run right after the rule's enabling: its baseline was listed a moment ago, and
-        // writes since are the next run's. That listing counts as this scan.
-        if let Some((generation, started)) = listed
-            && generation == state.generation
-        {
-            let recorded = self
-                .store
-                .max_task_id()
-                .and_then(|max| self.store.record_scan(&rule.id, generation, started, max));
-            return match recorded {
-                Ok(()) => RuleScan::Skipped,
-                Err(e) => RuleScan::Failed(format!("rule {:?}: recording its scan failed: {e:#}", rule.id)),
-            };
-        }
-        // Copies and scans wait while either bucket is not versioning: a source version
-        // without an id can change under it, and a destination's unversioned write or delete
-        // replaces what was there for good.
-        if let Some(reason) = self.versioning_halt(rule, &clients).await {
-            return RuleScan::Held(format!("rule {:?}: held: {reason}", rule.id));
-        }
-        let token = self.rule_token(&rule.id);
-        let result = match clients.get(&rule.source.endpoint) {
-            Ok(src) => tokio::select! {
-                r = scan::scan(src, rule, state.generation, &self.store) => r,
-                // Stopped meanwhile: what was listed is not committed (generation guard).
-                _ = token.cancelled() => return RuleScan::Skipped,
-            },
-            Err(e) => Err(e.into()),
-        };
-        match result {
-            Ok(n) => {
-                if n > 0 {
-                    tracing::info!(rule = %rule.id, queued = n, "scan found new changes");
-                    self.work.notify_waiters();
-                }
-                if lock(&self.scan_failing).remove(&rule.id) {
-                    self.emit(Event::ScanRecovered { rule: rule.id.clone() });
-                }
-                RuleScan::Queued(n)
-            }
-            Err(e) => {
-                let error = format!("{e:#}");
-                if lock(&self.scan_failing).insert(rule.id.clone()) {
-                    self.emit(Event::ScanFailed {
-                        rule: rule.id.clone(),
-                        error: error.clone(),
-                    });
-                } else {
-                    tracing::warn!(rule = %rule.id, error = %error, "scan failed again");
-                }
-                RuleScan::Failed(format!("rule {:?}: scanning {} failed: {error}", rule.id, rule.source))
-            }
-        }
-    }
-
     /// Reads the versioning of the rule's two buckets, holds the rule's copies (in the store, so
     /// every reader sees it) while either is not Enabled, and lets them run again once both are.
     /// Returns why the rule is held. A bucket whose versioning cannot be read (endpoint down)
@@ -811,19 +715,6 @@ impl Core {
             at: now_ms(),
         });
     }
-}
-
-/// What one rule's scan came to.
-pub(crate) enum RuleScan {
-    /// Not enabled (or no longer), stopped while it listed, or its baseline listing counted as
-    /// this scan.
-    Skipped,
-    /// Listed: this many changes were queued.
-    Queued(usize),
-    /// Held, and why: a bucket is not versioning.
-    Held(String),
-    /// The listing or its record failed, and why.
-    Failed(String),
 }
 
 /// What enabling a rule recorded.

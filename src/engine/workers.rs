@@ -10,11 +10,9 @@ use crate::engine::progress::TaskProgress;
 use crate::s3::S3;
 use crate::store::{KeyTasks, NewChange, Start, Task, TaskKind, blocking, now_ms};
 use anyhow::{Context, Result};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// How long in-flight copies may finish after a stop was asked for; then they are aborted and
@@ -22,8 +20,6 @@ use tokio_util::sync::CancellationToken;
 pub(super) const GRACE: Duration = Duration::from_secs(10);
 /// How often a long-running engine forgets the tasks nothing needs any more.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
-/// How often the serving scanner looks for rules due, enabled or added meanwhile.
-const LOOK_AGAIN: Duration = Duration::from_millis(250);
 
 /// Told what a run's own reconciling did, once it is done.
 pub(super) type Applied = Box<dyn FnOnce(&super::Reconciled) + Send>;
@@ -527,78 +523,6 @@ impl Core {
             }
         }
         Ok(())
-    }
-
-    /// Serving: scans each enabled rule every `scan_interval` after its last scan ended, each
-    /// rule on its own, so that a rule with a long listing (a big bucket, a slow endpoint)
-    /// never delays the scans of the others. A rule whose scans keep failing (its source is
-    /// down) is scanned less and less often, up to every 10 s or the scan interval if that is
-    /// longer. A held rule's scan is not a failure.
-    async fn scan_each_rule(self: Arc<Self>, stop: CancellationToken) {
-        // Per rule: when its next scan is due, and how many of its scans failed in a row.
-        let mut due: HashMap<String, (Instant, u32)> = HashMap::new();
-        let mut scans: JoinSet<(String, super::RuleScan)> = JoinSet::new();
-        let mut scanning: HashMap<tokio::task::Id, String> = HashMap::new();
-        loop {
-            let config = self.config();
-            let now = Instant::now();
-            due.retain(|id, _| config.rules.iter().any(|r| r.enabled && r.id == *id));
-            for rule in config.rules.iter().filter(|r| r.enabled) {
-                if scanning.values().any(|id| *id == rule.id) || due.get(&rule.id).is_some_and(|(at, _)| *at > now) {
-                    continue;
-                }
-                let (engine, rule) = (self.clone(), rule.clone());
-                let id = rule.id.clone();
-                let task = scans.spawn(async move {
-                    let scanned = engine.scan_rule(&rule, None).await;
-                    (rule.id, scanned)
-                });
-                scanning.insert(task.id(), id);
-            }
-            // Rules added or enabled meanwhile are seen within this.
-            let next = due
-                .iter()
-                .filter(|(id, _)| !scanning.values().any(|s| s == *id))
-                .map(|(_, (at, _))| *at)
-                .min()
-                .unwrap_or(now + LOOK_AGAIN)
-                .min(now + LOOK_AGAIN);
-            tokio::select! {
-                Some(done) = scans.join_next_with_id() => {
-                    let (task, rule, failed) = match done {
-                        Ok((task, (rule, scanned))) => {
-                            let failed = match scanned {
-                                super::RuleScan::Failed(e) => {
-                                    tracing::warn!("{e}");
-                                    true
-                                }
-                                _ => false,
-                            };
-                            (task, rule, failed)
-                        }
-                        // A scan that panicked counts as failed.
-                        Err(e) => {
-                            let rule = scanning.get(&e.id()).cloned().unwrap_or_default();
-                            tracing::warn!(rule = %rule, "a scan ended abnormally: {e}");
-                            (e.id(), rule, true)
-                        }
-                    };
-                    scanning.remove(&task);
-                    let failing = if failed { due.get(&rule).map_or(0, |d| d.1).saturating_add(1) } else { 0 };
-                    let interval = self.config().engine.scan_interval;
-                    let wait = if failing == 0 {
-                        interval
-                    } else {
-                        interval
-                            .saturating_mul(1 << failing.min(6))
-                            .min(Duration::from_secs(10).max(interval))
-                    };
-                    due.insert(rule, (Instant::now() + wait, failing));
-                }
-                _ = tokio::time::sleep_until(next.into()) => {}
-                _ = stop.cancelled() => return,
-            }
-        }
     }
 
     fn prune(&self) {
