@@ -5,7 +5,7 @@
 mod common;
 mod fault;
 
-use common::{Env, Rule, create_bucket, get_bytes, key_versions, pseudo_random_bytes, put};
+use common::{Env, Rule, create_bucket, failures, get_bytes, key_versions, pseudo_random_bytes, put};
 use crr::engine::Engine;
 use fault::{Call, Fault, Proxy};
 use std::sync::{Arc, Once};
@@ -102,14 +102,6 @@ async fn put_multipart(env: &Env, key: &str, body: &[u8]) -> String {
         .await
         .expect("complete upload");
     done.e_tag().expect("etag").to_string()
-}
-
-fn failures(summary: &crr::engine::RunSummary) -> Vec<String> {
-    summary
-        .failed
-        .iter()
-        .map(|t| format!("{}: {}", t.key, t.last_error.clone().unwrap_or_default()))
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

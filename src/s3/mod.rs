@@ -14,6 +14,7 @@ use aws_sdk_s3::types::{BucketVersioningStatus, EncodingType};
 use std::collections::HashMap;
 use std::time::Duration;
 
+pub mod body_check;
 mod endpoint;
 pub mod health;
 mod list;
@@ -140,6 +141,9 @@ pub struct S3 {
     /// Set once a plain object's bytes read from this endpoint matched its MD5-like ETag: from
     /// then on a read that does not match is damage on the way, never an ETag that is no MD5.
     pub etag_is_md5: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Whether this endpoint, as a destination, vouches for the bytes it is sent itself
+    /// (see [`body_check`]).
+    pub body_checks: std::sync::Arc<body_check::BodyChecks>,
     /// How many entries a listing page asks for: `LIST_PAGE` until the endpoint refuses that,
     /// then the 1,000 every S3 server takes.
     pub list_page: std::sync::Arc<std::sync::atomic::AtomicI32>,
@@ -292,6 +296,7 @@ impl S3 {
             streaming: Client::from_conf(streaming),
             tag_counts: Default::default(),
             etag_is_md5: Default::default(),
+            body_checks: Default::default(),
             list_page: std::sync::Arc::new(std::sync::atomic::AtomicI32::new(LIST_PAGE)),
         }
     }

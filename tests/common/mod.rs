@@ -1529,6 +1529,15 @@ pub fn engine_credentials() {
     });
 }
 
+/// The tasks a run left failed, as `key: last error`.
+pub fn failures(summary: &crr::engine::RunSummary) -> Vec<String> {
+    summary
+        .failed
+        .iter()
+        .map(|t| format!("{}: {}", t.key, t.last_error.clone().unwrap_or_default()))
+        .collect()
+}
+
 /// Opens the engine on the env's config and state, as a new process would.
 pub async fn open_engine(env: &Env) -> std::sync::Arc<crr::engine::Engine> {
     engine_credentials();

@@ -34,6 +34,13 @@ pub enum Fault {
     /// Answer 500 InternalError to every HeadObject that asks about one part (`partNumber`),
     /// as a server that cannot answer that question may; everything else goes through.
     PartHeadError,
+    /// Uploads (PutObject, UploadPart) are not checked against their `Content-MD5`: the server
+    /// behind (moto) stores them and answers with the MD5 of what it stored.
+    IgnoresContentMd5,
+    /// Uploads are not checked against their `Content-MD5`, and the answer's ETag is that
+    /// header (as hex) instead of the MD5 of what was stored: a server that vouches for
+    /// nothing it is sent.
+    EchoesContentMd5,
 }
 
 /// What the proxy saw of one request.
@@ -108,6 +115,24 @@ impl Proxy {
     pub fn set_faults(&self, faults: Vec<Fault>) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).faults = faults;
     }
+}
+
+/// The bytes of standard base64 text (padding ignored).
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let (mut out, mut acc, mut bits) = (Vec::new(), 0u32, 0);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let Some(v) = ALPHABET.iter().position(|a| *a == c) else {
+            continue;
+        };
+        acc = (acc << 6) | v as u32;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+        }
+    }
+    out
 }
 
 /// Content-MD5 as S3 wants it: the base64 of the 16-byte digest.
@@ -185,6 +210,7 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
             Fault::UppercaseEtag | Fault::KmsEtag => object_level(&target),
             Fault::BlackHole { call: c } => Some(*c) == call,
             Fault::PartHeadError => method == "HEAD" && target.contains("partNumber="),
+            Fault::IgnoresContentMd5 | Fault::EchoesContentMd5 => call.is_some(),
         });
         let fault = pos.map(|i| st.faults[i].clone());
         if let Some(Fault::CorruptBody { times, .. }) = pos.map(|i| &mut st.faults[i]) {
@@ -233,7 +259,9 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
         let mid = body.len() / 2;
         body[mid] ^= 0x5a;
     }
+    let checks_md5 = !matches!(fault, Some(Fault::IgnoresContentMd5 | Fault::EchoesContentMd5));
     if let Some(want) = &record.content_md5
+        && checks_md5
         && *want != content_md5(&body)
     {
         record.status = 400;
@@ -276,6 +304,11 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
             match fault {
                 Some(Fault::UppercaseEtag) => {
                     out.push_str(&format!("{k}: {}\r\n", v.to_ascii_uppercase()));
+                    continue;
+                }
+                Some(Fault::EchoesContentMd5) if record.content_md5.is_some() => {
+                    let claimed = record.content_md5.as_deref().map(base64_decode).unwrap_or_default();
+                    out.push_str(&format!("{k}: \"{}\"\r\n", hex::encode(claimed)));
                     continue;
                 }
                 Some(Fault::KmsEtag) => {

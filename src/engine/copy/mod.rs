@@ -11,6 +11,11 @@
 //! destination's ETags are not MD5 sums (SSE-KMS there), by its size and the Content-MD5 the
 //! server checked.
 //!
+//! A streamed body is hashed on its way too, so that one damaged on its way from the source is
+//! caught whatever the destination does, until the destination has shown that it catches that
+//! itself: that it refuses a body not matching its Content-MD5, or answers with the MD5 of what
+//! it stored (see `crate::s3::body_check`).
+//!
 //! Parts stream, each checked by the ETag the destination gives it; before the upload is
 //! completed, the source's ETag vouches for the bytes read (see `multipart`).
 
@@ -18,6 +23,7 @@ use crate::config::Overwrite;
 use crate::config::{EngineConfig, Rule};
 use crate::engine::limit::{Limiter, reserve_all};
 use crate::engine::progress::{Activity, Md5Sink, Metered, Progress, Stalled, TaskProgress, read_all, watch};
+use crate::s3::body_check::{self, Vouch};
 use crate::s3::{S3, S3Error, s3_error};
 use crate::store::replica::Replica;
 use crate::store::{Store, Task, TaskKind};
@@ -387,6 +393,11 @@ impl CopyCtx<'_> {
     /// way and nothing is written.
     async fn put_whole(&self, task: &Task, first_read: Option<[u8; 16]>) -> Result<Whole, CopyError> {
         let buffer = first_read.is_some();
+        let vouch = if buffer {
+            None
+        } else {
+            self.destination_vouches(task).await
+        };
         let got = self
             .src
             .client
@@ -417,6 +428,8 @@ impl CopyCtx<'_> {
             storage_class: got.storage_class().map(|s| s.as_str().to_string()),
         };
         let tags = self.tags(task, got.tag_count()).await?;
+        // A streamed body is hashed on its way unless the destination vouches for it.
+        let hashed = src_md5.is_some() && vouch.is_none();
         let streamed = Arc::new(std::sync::Mutex::new(Md5::new()));
         let activity = Activity::new(size);
         let (body, md5) = match src_md5 {
@@ -426,7 +439,7 @@ impl CopyCtx<'_> {
                     task.id,
                     self.progress.clone(),
                     self.limits.clone(),
-                    vec![streamed.clone()],
+                    if hashed { vec![streamed.clone()] } else { Vec::new() },
                     Some(activity.clone()),
                 ),
                 md5,
@@ -496,6 +509,14 @@ impl CopyCtx<'_> {
             Ok(out) => out,
             Err(e) => {
                 let e = s3_error("PutObject", &self.dst_target(&task.key), e);
+                if e.is_code("BadDigest") && src_md5.is_some() && !hashed {
+                    // The source's ETags are MD5 sums (the check is left to the destination only
+                    // then), so the bytes were damaged on their way.
+                    return Err(CopyError::Retry(format!(
+                        "{}: the bytes that arrived are not the ones the source's ETag names (damaged on the way from the source or to the destination), so the destination refused them",
+                        e.message
+                    )));
+                }
                 if e.is_code("BadDigest") && src_md5.is_some() {
                     let read = take_md5(&streamed);
                     if read != md5 && !self.src.etag_is_md5.load(Ordering::Relaxed) {
@@ -517,26 +538,30 @@ impl CopyCtx<'_> {
         };
         let dest_version = out.version_id().map(str::to_string);
         // The bytes streamed must be the ones the source's ETag names: a server that neither
-        // checks Content-MD5 nor answers with the MD5 of what it stored (SeaweedFS) would
-        // otherwise keep a body damaged on its way from the source.
-        if src_md5.is_some() && take_md5(&streamed) == md5 {
+        // checks Content-MD5 nor answers with the MD5 of what it stored would otherwise keep a
+        // body damaged on its way from the source. (One that does either has vouched.)
+        if hashed && take_md5(&streamed) == md5 {
             self.src.etag_is_md5.store(true, Ordering::Relaxed);
-        } else if src_md5.is_some() {
+        } else if hashed {
             self.discard(task, dest_version.as_deref()).await;
             return Err(CopyError::Retry(format!(
                 "GetObject {}: the body read does not match the source's ETag; the write was removed",
                 self.src_target(task)
             )));
         }
+        let opaque = opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm());
+        if vouch == Some(Vouch::EtagOfBytes) && src_md5.is_some() && etag_md5(out.e_tag(), opaque).is_none() {
+            // Left to an ETag that turned out to be no MD5 (SSE-KMS on this bucket): nothing
+            // vouches for these bytes.
+            self.dst.body_checks.distrust();
+            self.discard(task, dest_version.as_deref()).await;
+            return Err(CopyError::Retry(format!(
+                "PutObject {}: the destination's ETag is not the MD5 of what it stored, so it cannot vouch for the bytes; sent again, checked by crr",
+                self.dst_target(&task.key)
+            )));
+        }
         let verified = self
-            .verify_written(
-                task,
-                dest_version.as_deref(),
-                out.e_tag(),
-                opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm()),
-                &md5,
-                size,
-            )
+            .verify_written(task, dest_version.as_deref(), out.e_tag(), opaque, &md5, size)
             .await;
         if let Err(e) = verified {
             self.discard(task, dest_version.as_deref()).await;
@@ -546,6 +571,38 @@ impl CopyCtx<'_> {
             dest_version,
             bytes: size,
         }))
+    }
+
+    /// How the destination vouches for a streamed body, when it may be left to: it has shown
+    /// that it refuses a body that does not match its `Content-MD5` or answers with the MD5 of
+    /// what it stored (see [`crate::s3::body_check`]), and the source has shown that its ETags
+    /// are the MD5 sums of its bytes, so that the `Content-MD5` crr sends is the bytes' own.
+    /// Otherwise (`None`) crr hashes the body itself; once it has hashed enough for this
+    /// destination, this copy first asks it.
+    async fn destination_vouches(&self, task: &Task) -> Option<Vouch> {
+        let checks = &self.dst.body_checks;
+        if checks.vouch() == Vouch::Unknown && checks.hashing(task.size) {
+            let found = body_check::probe(&self.dst.client, &self.rule.destination.bucket, &task.key).await;
+            match found {
+                Some(Vouch::ChecksContentMd5) => tracing::info!(
+                    endpoint = %self.dst.endpoint,
+                    "the destination refuses a body that does not match its Content-MD5: crr leaves that check to it"
+                ),
+                Some(Vouch::EtagOfBytes) => tracing::info!(
+                    endpoint = %self.dst.endpoint,
+                    "the destination does not check Content-MD5 but answers with the MD5 of what it stored: crr checks that answer instead of hashing what it sends"
+                ),
+                Some(_) => tracing::info!(
+                    endpoint = %self.dst.endpoint,
+                    "the destination neither checks Content-MD5 nor answers with the MD5 of what it stored: crr hashes what it sends there"
+                ),
+                None => {}
+            }
+            checks.learned(found);
+        }
+        let vouch = checks.vouch();
+        (matches!(vouch, Vouch::ChecksContentMd5 | Vouch::EtagOfBytes) && self.src.etag_is_md5.load(Ordering::Relaxed))
+            .then_some(vouch)
     }
 
     /// Reads a source body (one object or one part of `len` bytes) into memory, watched for

@@ -1,0 +1,205 @@
+//! Whether a destination endpoint vouches for the bytes of a whole-object PUT itself.
+//!
+//! A copy sends the source's ETag (the MD5 of its bytes) as `Content-MD5`. S3 refuses a body
+//! that does not match it; so do most servers. Where the destination does, or where it answers
+//! with the MD5 of the bytes it stored (moto, which does not check `Content-MD5`), a body
+//! damaged on its way from the source is caught by the destination's answer, and crr need not
+//! hash every byte it streams (MD5 runs at about 600 MB/s a core: for 1 MiB objects it was
+//! 37% of crr's CPU). A server that did neither (one that echoed the header as its ETag) would
+//! keep a damaged body unnoticed, so until an endpoint has shown which it does, crr hashes.
+//!
+//! The question is asked once per endpoint and process, once crr has hashed [`PROBE_AFTER`]
+//! bytes for it (a small run does not pay for it), without writing anything: a multipart
+//! upload is created, one tiny part is sent with a `Content-MD5` that does not match it, and
+//! the upload is aborted. No object or version is created.
+
+use crate::s3::s3_error;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::primitives::ByteStream;
+use md5::{Digest, Md5};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+/// Bytes hashed for an endpoint before crr asks whether it checks them itself.
+pub const PROBE_AFTER: u64 = 4 << 20;
+
+/// What an endpoint has shown of how it treats a body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vouch {
+    /// Not known (yet): crr hashes every body it streams there.
+    Unknown,
+    /// It refuses a body that does not match its `Content-MD5`, as S3 documents.
+    ChecksContentMd5,
+    /// It stores a body whatever its `Content-MD5`, but answers with the MD5 of what it stored,
+    /// so a body that is not the source's shows in the answer's ETag.
+    EtagOfBytes,
+    /// Neither: crr hashes every body it sends there.
+    Neither,
+}
+
+const UNKNOWN: u8 = 0;
+const ASKING: u8 = 1;
+const CHECKS: u8 = 2;
+const ETAG: u8 = 3;
+const NEITHER: u8 = 4;
+
+/// One endpoint's [`Vouch`], shared by every clone of its client.
+#[derive(Debug, Default)]
+pub struct BodyChecks {
+    state: AtomicU8,
+    /// Bytes hashed for bodies sent to the endpoint while it was not known to vouch.
+    hashed: AtomicU64,
+}
+
+impl BodyChecks {
+    pub fn vouch(&self) -> Vouch {
+        match self.state.load(Ordering::Acquire) {
+            CHECKS => Vouch::ChecksContentMd5,
+            ETAG => Vouch::EtagOfBytes,
+            NEITHER => Vouch::Neither,
+            _ => Vouch::Unknown,
+        }
+    }
+
+    /// Counts `bytes` crr is about to hash for a body sent to the endpoint. True for the one
+    /// caller that should now ask the endpoint (see [`probe`]) and report with [`Self::learned`].
+    pub fn hashing(&self, bytes: u64) -> bool {
+        let before = self.hashed.fetch_add(bytes, Ordering::Relaxed);
+        before.saturating_add(bytes) >= PROBE_AFTER
+            && self
+                .state
+                .compare_exchange(UNKNOWN, ASKING, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// What the question found: `None` when it could not tell (the endpoint did not answer);
+    /// it is asked again once as many bytes have been hashed again.
+    pub fn learned(&self, found: Option<Vouch>) {
+        let state = match found {
+            Some(Vouch::ChecksContentMd5) => CHECKS,
+            Some(Vouch::EtagOfBytes) => ETAG,
+            Some(Vouch::Neither) => NEITHER,
+            Some(Vouch::Unknown) | None => {
+                self.hashed.store(0, Ordering::Relaxed);
+                UNKNOWN
+            }
+        };
+        self.state.store(state, Ordering::Release);
+    }
+
+    /// An endpoint that vouched by its ETags answered with one that is no MD5 (SSE-KMS on a
+    /// bucket): it cannot vouch that way, and crr hashes what it sends there from now on.
+    pub fn distrust(&self) {
+        let _ = self
+            .state
+            .compare_exchange(ETAG, NEITHER, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+/// The part the question sends, and the MD5 it is sent with, which is not its own.
+const PROBE_BODY: &[u8] = b"crr asks whether this endpoint checks Content-MD5";
+const PROBE_CLAIM: &[u8] = b"not the bytes sent";
+
+/// Asks the endpoint behind `client` how it treats a body whose `Content-MD5` does not match,
+/// in a multipart upload to `bucket`/`key` that is aborted at once. `None` when it could not
+/// tell (an error other than an answer about the part).
+pub async fn probe(client: &Client, bucket: &str, key: &str) -> Option<Vouch> {
+    let target = format!("{bucket}/{key}");
+    let created = match client.create_multipart_upload().bucket(bucket).key(key).send().await {
+        Ok(c) => c,
+        Err(e) => {
+            let e = s3_error("CreateMultipartUpload", &target, e);
+            tracing::info!(error = %e.message, "could not ask whether the destination checks Content-MD5: crr hashes what it sends there");
+            return refused_for_good(&e).then_some(Vouch::Neither);
+        }
+    };
+    let Some(upload) = created.upload_id() else {
+        return Some(Vouch::Neither);
+    };
+    let sent = client
+        .upload_part()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload)
+        .part_number(1)
+        .content_length(PROBE_BODY.len() as i64)
+        .content_md5(crate::engine::copy::base64(&Md5::digest(PROBE_CLAIM)))
+        .body(ByteStream::from_static(PROBE_BODY))
+        .send()
+        .await;
+    let found = match sent {
+        Err(e) => {
+            let e = s3_error("UploadPart", &target, e);
+            if e.is_code("BadDigest") || e.is_code("InvalidDigest") {
+                Some(Vouch::ChecksContentMd5)
+            } else {
+                tracing::info!(error = %e.message, "could not ask whether the destination checks Content-MD5: crr hashes what it sends there");
+                refused_for_good(&e).then_some(Vouch::Neither)
+            }
+        }
+        Ok(out) => {
+            let own = hex::encode(Md5::digest(PROBE_BODY));
+            let etag = out.e_tag().map(crate::engine::copy::normal_etag);
+            Some(if etag.as_deref() == Some(own.as_str()) {
+                Vouch::EtagOfBytes
+            } else {
+                Vouch::Neither
+            })
+        }
+    };
+    if let Err(e) = client
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload)
+        .send()
+        .await
+    {
+        let e = s3_error("AbortMultipartUpload", &target, e);
+        tracing::warn!(upload, error = %e.message, "could not abort the upload that asked whether the destination checks Content-MD5: it holds one part of {} bytes", PROBE_BODY.len());
+    }
+    found
+}
+
+/// An answer that asking again will not change (denied, not implemented), unlike a server error
+/// or a connection that failed.
+fn refused_for_good(e: &crate::s3::S3Error) -> bool {
+    e.status
+        .is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_question_is_asked_once_enough_bytes_were_hashed_and_again_after_no_answer() {
+        let c = BodyChecks::default();
+        assert!(!c.hashing(PROBE_AFTER - 1), "not before the threshold");
+        assert!(c.hashing(1), "the call that reaches it asks");
+        assert!(!c.hashing(PROBE_AFTER), "only one caller asks");
+        assert_eq!(c.vouch(), Vouch::Unknown, "hashing goes on while the question is out");
+        c.learned(None);
+        assert!(!c.hashing(1), "no answer: asked again after as many bytes again");
+        assert!(c.hashing(PROBE_AFTER));
+        c.learned(Some(Vouch::ChecksContentMd5));
+        assert_eq!(c.vouch(), Vouch::ChecksContentMd5);
+        assert!(!c.hashing(PROBE_AFTER * 4), "an answer is kept");
+        c.distrust();
+        assert_eq!(
+            c.vouch(),
+            Vouch::ChecksContentMd5,
+            "a check of Content-MD5 needs no ETag"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_vouching_by_etags_is_distrusted_once_one_is_no_md5() {
+        let c = BodyChecks::default();
+        assert!(c.hashing(PROBE_AFTER));
+        c.learned(Some(Vouch::EtagOfBytes));
+        assert_eq!(c.vouch(), Vouch::EtagOfBytes);
+        c.distrust();
+        assert_eq!(c.vouch(), Vouch::Neither);
+        assert!(!c.hashing(PROBE_AFTER), "and not asked again");
+    }
+}
