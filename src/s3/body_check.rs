@@ -10,8 +10,13 @@
 //!
 //! The question is asked once per endpoint and process, once crr has hashed [`PROBE_AFTER`]
 //! bytes for it (a small run does not pay for it), without writing anything: a multipart
-//! upload is created, one tiny part is sent with a `Content-MD5` that does not match it, and
-//! the upload is aborted. No object or version is created.
+//! upload is created, one tiny part is sent with a `Content-MD5` that does not match it (and,
+//! if that is refused, again with its own), and the upload is aborted. No object or version is
+//! created. The answer is UploadPart's; crr takes it for PutObject too, for which S3 documents
+//! the same check (SeaweedFS and moto each treat the two alike: tests/content_md5.rs).
+//!
+//! The upload is recorded on the copy's task while it is open, as a multipart copy's is, so
+//! that a process that dies meanwhile has it aborted by key on the task's next attempt.
 
 use crate::s3::s3_error;
 use aws_sdk_s3::Client;
@@ -95,56 +100,126 @@ impl BodyChecks {
     }
 }
 
+/// Asks the destination `s3` how it treats a body (see [`probe`]) in `bucket`, at `key`, and
+/// records and logs what it found.
+pub async fn ask(s3: crate::s3::S3, bucket: String, key: String) {
+    /// Lets the question be asked again if this one never ends (its task was dropped).
+    struct Unanswered<'a>(Option<&'a BodyChecks>);
+    impl Drop for Unanswered<'_> {
+        fn drop(&mut self) {
+            if let Some(checks) = self.0 {
+                checks.learned(None);
+            }
+        }
+    }
+    let mut unanswered = Unanswered(Some(&s3.body_checks));
+    let found = probe(&s3.client, &bucket, &key).await;
+    unanswered.0 = None;
+    let endpoint = &s3.endpoint;
+    let learned = match found {
+        Ok(Vouch::ChecksContentMd5) => {
+            tracing::info!(
+                %endpoint,
+                "the destination refuses a body that does not match its Content-MD5: crr leaves that check to it"
+            );
+            Some(Vouch::ChecksContentMd5)
+        }
+        Ok(Vouch::EtagOfBytes) => {
+            tracing::info!(
+                %endpoint,
+                "the destination does not check Content-MD5 but answers with the MD5 of what it stored: crr checks that answer instead of hashing what it sends"
+            );
+            Some(Vouch::EtagOfBytes)
+        }
+        Ok(_) => {
+            tracing::info!(
+                %endpoint,
+                "the destination neither checks Content-MD5 nor answers with the MD5 of what it stored: crr hashes what it sends there"
+            );
+            Some(Vouch::Neither)
+        }
+        Err(Unasked { why, for_good }) => {
+            tracing::info!(
+                %endpoint,
+                error = %why,
+                "could not ask whether the destination checks Content-MD5: crr hashes what it sends there{}",
+                if for_good { "" } else { ", and asks again later" }
+            );
+            for_good.then_some(Vouch::Neither)
+        }
+    };
+    s3.body_checks.learned(learned);
+}
+
+/// Why the question went unanswered, and whether asking again would change that.
+#[derive(Debug)]
+pub struct Unasked {
+    pub why: String,
+    pub for_good: bool,
+}
+
+impl From<crate::s3::S3Error> for Unasked {
+    fn from(e: crate::s3::S3Error) -> Self {
+        // Denied, or not implemented: asking again will not change that, unlike a server error
+        // or a connection that failed.
+        let for_good = e
+            .status
+            .is_some_and(|s| ((400..500).contains(&s) && s != 408 && s != 429) || s == 501);
+        Unasked {
+            why: e.message,
+            for_good,
+        }
+    }
+}
+
 /// The part the question sends, and the MD5 it is sent with, which is not its own.
 const PROBE_BODY: &[u8] = b"crr asks whether this endpoint checks Content-MD5";
 const PROBE_CLAIM: &[u8] = b"not the bytes sent";
 
 /// Asks the endpoint behind `client` how it treats a body whose `Content-MD5` does not match,
-/// in a multipart upload to `bucket`/`key` that is aborted at once. `None` when it could not
-/// tell (an error other than an answer about the part).
-pub async fn probe(client: &Client, bucket: &str, key: &str) -> Option<Vouch> {
+/// in a multipart upload to `bucket`/`key` that is aborted at once. A part refused with
+/// BadDigest counts as checking only when the same part with its own MD5 is then taken. The
+/// answer is about UploadPart, so that nothing is written; crr takes it for PutObject too, for
+/// which S3 documents the same check.
+pub async fn probe(client: &Client, bucket: &str, key: &str) -> Result<Vouch, Unasked> {
     let target = format!("{bucket}/{key}");
-    let created = match client.create_multipart_upload().bucket(bucket).key(key).send().await {
-        Ok(c) => c,
-        Err(e) => {
-            let e = s3_error("CreateMultipartUpload", &target, e);
-            tracing::info!(error = %e.message, "could not ask whether the destination checks Content-MD5: crr hashes what it sends there");
-            return refused_for_good(&e).then_some(Vouch::Neither);
-        }
-    };
-    let Some(upload) = created.upload_id() else {
-        return Some(Vouch::Neither);
-    };
-    let sent = client
-        .upload_part()
+    let created = client
+        .create_multipart_upload()
         .bucket(bucket)
         .key(key)
-        .upload_id(upload)
-        .part_number(1)
-        .content_length(PROBE_BODY.len() as i64)
-        .content_md5(crate::engine::copy::base64(&Md5::digest(PROBE_CLAIM)))
-        .body(ByteStream::from_static(PROBE_BODY))
         .send()
-        .await;
-    let found = match sent {
+        .await
+        .map_err(|e| s3_error("CreateMultipartUpload", &target, e))?;
+    let Some(upload) = created.upload_id() else {
+        return Ok(Vouch::Neither);
+    };
+    let part = |claim: &[u8]| {
+        client
+            .upload_part()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload)
+            .part_number(1)
+            .content_length(PROBE_BODY.len() as i64)
+            .content_md5(crate::engine::copy::base64(&Md5::digest(claim)))
+            .body(ByteStream::from_static(PROBE_BODY))
+            .send()
+    };
+    let own = hex::encode(Md5::digest(PROBE_BODY));
+    let found = match part(PROBE_CLAIM).await {
         Err(e) => {
             let e = s3_error("UploadPart", &target, e);
-            if e.is_code("BadDigest") || e.is_code("InvalidDigest") {
-                Some(Vouch::ChecksContentMd5)
+            if e.is_code("BadDigest") {
+                match part(PROBE_BODY).await {
+                    Ok(_) => Ok(Vouch::ChecksContentMd5),
+                    Err(e) => Err(s3_error("UploadPart", &target, e).into()),
+                }
             } else {
-                tracing::info!(error = %e.message, "could not ask whether the destination checks Content-MD5: crr hashes what it sends there");
-                refused_for_good(&e).then_some(Vouch::Neither)
+                Err(e.into())
             }
         }
-        Ok(out) => {
-            let own = hex::encode(Md5::digest(PROBE_BODY));
-            let etag = out.e_tag().map(crate::engine::copy::normal_etag);
-            Some(if etag.as_deref() == Some(own.as_str()) {
-                Vouch::EtagOfBytes
-            } else {
-                Vouch::Neither
-            })
-        }
+        Ok(out) if out.e_tag().map(crate::engine::copy::normal_etag) == Some(own) => Ok(Vouch::EtagOfBytes),
+        Ok(_) => Ok(Vouch::Neither),
     };
     if let Err(e) = client
         .abort_multipart_upload()
@@ -158,13 +233,6 @@ pub async fn probe(client: &Client, bucket: &str, key: &str) -> Option<Vouch> {
         tracing::warn!(upload, error = %e.message, "could not abort the upload that asked whether the destination checks Content-MD5: it holds one part of {} bytes", PROBE_BODY.len());
     }
     found
-}
-
-/// An answer that asking again will not change (denied, not implemented), unlike a server error
-/// or a connection that failed.
-fn refused_for_good(e: &crate::s3::S3Error) -> bool {
-    e.status
-        .is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429)
 }
 
 #[cfg(test)]

@@ -396,7 +396,7 @@ impl CopyCtx<'_> {
         let vouch = if buffer {
             None
         } else {
-            self.destination_vouches(task).await
+            self.destination_vouches(task).await?
         };
         let got = self
             .src
@@ -513,7 +513,7 @@ impl CopyCtx<'_> {
                     // The source's ETags are MD5 sums (the check is left to the destination only
                     // then), so the bytes were damaged on their way.
                     return Err(CopyError::Retry(format!(
-                        "{}: the bytes that arrived are not the ones the source's ETag names (damaged on the way from the source or to the destination), so the destination refused them",
+                        "{}: the bytes that arrived are not the ones the source's ETag names (damaged on the way from the source or to the destination, or this object's ETag is not its MD5), so the destination refused them",
                         e.message
                     )));
                 }
@@ -554,6 +554,11 @@ impl CopyCtx<'_> {
             // Left to an ETag that turned out to be no MD5 (SSE-KMS on this bucket): nothing
             // vouches for these bytes.
             self.dst.body_checks.distrust();
+            tracing::info!(
+                endpoint = %self.dst.endpoint,
+                bucket = %self.rule.destination.bucket,
+                "the destination answered with an ETag that is no MD5 (SSE-KMS?): crr hashes what it sends there from now on"
+            );
             self.discard(task, dest_version.as_deref()).await;
             return Err(CopyError::Retry(format!(
                 "PutObject {}: the destination's ETag is not the MD5 of what it stored, so it cannot vouch for the bytes; sent again, checked by crr",
@@ -579,30 +584,23 @@ impl CopyCtx<'_> {
     /// are the MD5 sums of its bytes, so that the `Content-MD5` crr sends is the bytes' own.
     /// Otherwise (`None`) crr hashes the body itself; once it has hashed enough for this
     /// destination, this copy first asks it.
-    async fn destination_vouches(&self, task: &Task) -> Option<Vouch> {
+    async fn destination_vouches(&self, task: &Task) -> Result<Option<Vouch>, CopyError> {
         let checks = &self.dst.body_checks;
         if checks.vouch() == Vouch::Unknown && checks.hashing(task.size) {
-            let found = body_check::probe(&self.dst.client, &self.rule.destination.bucket, &task.key).await;
-            match found {
-                Some(Vouch::ChecksContentMd5) => tracing::info!(
-                    endpoint = %self.dst.endpoint,
-                    "the destination refuses a body that does not match its Content-MD5: crr leaves that check to it"
-                ),
-                Some(Vouch::EtagOfBytes) => tracing::info!(
-                    endpoint = %self.dst.endpoint,
-                    "the destination does not check Content-MD5 but answers with the MD5 of what it stored: crr checks that answer instead of hashing what it sends"
-                ),
-                Some(_) => tracing::info!(
-                    endpoint = %self.dst.endpoint,
-                    "the destination neither checks Content-MD5 nor answers with the MD5 of what it stored: crr hashes what it sends there"
-                ),
-                None => {}
-            }
-            checks.learned(found);
+            // The question's upload is recorded on this task first, as a multipart copy's is: if
+            // the process dies before it is aborted, the task's next attempt (or the sweep of
+            // a task that ended) aborts the key's open uploads.
+            self.store.set_upload(task.id, Some((UPLOAD_UNKNOWN, 0)))?;
+            // A task of its own, which this copy waits for: a copy cancelled meanwhile (its rule
+            // disabled, say) does not cut the question short before its upload is aborted.
+            let asked = body_check::ask(self.dst.clone(), self.rule.destination.bucket.clone(), task.key.clone());
+            let _ = tokio::spawn(asked).await;
+            self.store.set_upload(task.id, None)?;
         }
         let vouch = checks.vouch();
-        (matches!(vouch, Vouch::ChecksContentMd5 | Vouch::EtagOfBytes) && self.src.etag_is_md5.load(Ordering::Relaxed))
-            .then_some(vouch)
+        Ok((matches!(vouch, Vouch::ChecksContentMd5 | Vouch::EtagOfBytes)
+            && self.src.etag_is_md5.load(Ordering::Relaxed))
+        .then_some(vouch))
     }
 
     /// Reads a source body (one object or one part of `len` bytes) into memory, watched for
