@@ -219,3 +219,66 @@ async fn a_seaweedfs_destination_keeps_no_damaged_read() {
     let answers: Vec<_> = puts_of(&s, "late.bin").iter().map(|p| p.status).collect();
     assert_eq!(answers, [400, 200], "SeaweedFS refused the damaged PutObject");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_write_an_echoing_destination_took_before_a_crash_is_copied_again() {
+    let Setup {
+        env,
+        engine,
+        src: _src,
+        dst,
+    } = setup(vec![Fault::EchoesContentMd5]).await;
+    let body = pseudo_random_bytes(300 << 10, 21);
+    put(&env.gz, "src-bucket", "crash.bin", body.clone()).await;
+    engine.scan_all().await;
+    // crr's copy lands; the process dies before it records the outcome.
+    common::copy_then_crash(&engine).await;
+    drop(engine);
+    // What an attempt that died before comparing its hash could have left instead: the same
+    // size and headers, other bytes, and as its ETag the Content-MD5 crr sent.
+    let landed = key_versions(&env.sh, "dst-bucket", "crash.bin").await;
+    assert_eq!(landed.len(), 1, "{landed:?}");
+    let head = env
+        .sh
+        .client
+        .head_object()
+        .bucket("dst-bucket")
+        .key("crash.bin")
+        .send()
+        .await
+        .expect("head the replica");
+    let mut damaged = body.clone();
+    damaged[1000] ^= 0x5a;
+    common::s3_client(&dst.url, &env.sh.region)
+        .put_object()
+        .bucket("dst-bucket")
+        .key("crash.bin")
+        .set_content_type(head.content_type().map(str::to_string))
+        .content_md5(fault::content_md5(&body))
+        .body(damaged.into())
+        .send()
+        .await
+        .expect("put the damaged body");
+    env.sh
+        .client
+        .delete_object()
+        .bucket("dst-bucket")
+        .key("crash.bin")
+        .version_id(landed[0].version_id.clone())
+        .send()
+        .await
+        .expect("remove the good write");
+
+    let engine = open_engine(&env).await;
+    let summary = engine.run_once().await.expect("run");
+    assert!(summary.failed.is_empty(), "{:?}", failures(&summary));
+    assert!(
+        get_bytes(&env.sh, "dst-bucket", "crash.bin").await.as_deref() == Some(&body[..]),
+        "the damaged write was taken for the replica"
+    );
+    assert_eq!(
+        key_versions(&env.sh, "dst-bucket", "crash.bin").await.len(),
+        1,
+        "the damaged write was removed"
+    );
+}

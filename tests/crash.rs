@@ -7,8 +7,6 @@ use common::{
     Env, PutOpts, Rule, create_bucket, get_bytes, head, key_versions, pairs, pseudo_random_bytes, put, put_with,
 };
 use crr::engine::Engine;
-use crr::engine::copy::CopyCtx;
-use crr::store::now_ms;
 use std::sync::Arc;
 
 const MIB: usize = 1 << 20;
@@ -30,30 +28,6 @@ async fn setup(env: &Env) -> Arc<Engine> {
     let rec = engine.reconcile(None).await.expect("reconcile");
     assert!(rec.refused.is_empty(), "{:?}", rec.refused);
     engine
-}
-
-/// Claims the next task and runs crr's own copy of it to the end, as a worker does, but the
-/// process "dies" before the store records the outcome: the replica has landed, the task is
-/// still running. Returns the claimed task's id.
-async fn copy_then_crash(engine: &Engine) -> i64 {
-    let task = engine.store.claim(now_ms()).expect("claim").expect("a task is queued");
-    let config = engine.config();
-    let rule = config.rule(&task.rule_id).expect("the rule");
-    let clients = crr::s3::Clients::connect(&config).await;
-    let ctx = CopyCtx {
-        src: clients.get(&rule.source.endpoint).expect("source client"),
-        dst: clients.get(&rule.destination.endpoint).expect("destination client"),
-        rule,
-        engine: &config.engine,
-        store: &engine.store,
-        progress: &engine.progress,
-        limits: Vec::new(),
-    };
-    match ctx.run(&task).await {
-        Ok(_) => {}
-        Err(e) => panic!("the copy before the crash failed: {e}"),
-    }
-    task.id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -80,7 +54,11 @@ async fn same_bytes_with_new_metadata_interrupted_is_copied() {
     put_with(&env.gz, "src-bucket", "doc.txt", "the same bytes", &second).await;
     engine.scan_all().await;
     // A worker took it, and the process died before its PUT.
-    engine.store.claim(now_ms()).expect("claim").expect("queued");
+    engine
+        .store
+        .claim(crr::store::now_ms())
+        .expect("claim")
+        .expect("queued");
     drop(engine);
 
     let engine = open(&env).await;
@@ -105,7 +83,7 @@ async fn a_multipart_replica_that_landed_before_a_crash_is_not_copied_again() {
     let body = pseudo_random_bytes(12 * MIB + 5, 21);
     put(&env.gz, "src-bucket", "big.bin", body.clone()).await;
     engine.scan_all().await;
-    copy_then_crash(&engine).await;
+    common::copy_then_crash(&engine).await;
     assert_eq!(key_versions(&env.sh, "dst-bucket", "big.bin").await.len(), 1);
     drop(engine);
 
@@ -133,7 +111,7 @@ async fn a_single_put_replica_that_landed_before_a_crash_is_not_copied_again() {
     };
     put_with(&env.gz, "src-bucket", "small.txt", "landed once", &opts).await;
     engine.scan_all().await;
-    copy_then_crash(&engine).await;
+    common::copy_then_crash(&engine).await;
     drop(engine);
 
     let engine = open(&env).await;

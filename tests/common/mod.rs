@@ -1538,6 +1538,34 @@ pub fn failures(summary: &crr::engine::RunSummary) -> Vec<String> {
         .collect()
 }
 
+/// Claims the next task and runs crr's own copy of it to the end, as a worker does, but the
+/// process "dies" before the store records the outcome: the replica has landed, the task is
+/// still running. Returns the claimed task's id.
+pub async fn copy_then_crash(engine: &crr::engine::Engine) -> i64 {
+    let task = engine
+        .store
+        .claim(crr::store::now_ms())
+        .expect("claim")
+        .expect("a task is queued");
+    let config = engine.config();
+    let rule = config.rule(&task.rule_id).expect("the rule");
+    let clients = crr::s3::Clients::connect(&config).await;
+    let ctx = crr::engine::copy::CopyCtx {
+        src: clients.get(&rule.source.endpoint).expect("source client"),
+        dst: clients.get(&rule.destination.endpoint).expect("destination client"),
+        rule,
+        engine: &config.engine,
+        store: &engine.store,
+        progress: &engine.progress,
+        limits: Vec::new(),
+    };
+    match ctx.run(&task).await {
+        Ok(_) => {}
+        Err(e) => panic!("the copy before the crash failed: {e}"),
+    }
+    task.id
+}
+
 /// Opens the engine on the env's config and state, as a new process would.
 pub async fn open_engine(env: &Env) -> std::sync::Arc<crr::engine::Engine> {
     engine_credentials();

@@ -59,6 +59,8 @@ pub struct Seen {
 struct State {
     faults: Vec<Fault>,
     seen: Vec<Seen>,
+    /// The ETag an echoing destination gave each object path it was sent (`EchoesContentMd5`).
+    echoed: std::collections::HashMap<String, String>,
 }
 
 pub struct Proxy {
@@ -82,6 +84,7 @@ impl Proxy {
         let state = Arc::new(Mutex::new(State {
             faults,
             seen: Vec::new(),
+            echoed: Default::default(),
         }));
         let shared = state.clone();
         let task = tokio::spawn(async move {
@@ -210,7 +213,8 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
             Fault::UppercaseEtag | Fault::KmsEtag => object_level(&target),
             Fault::BlackHole { call: c } => Some(*c) == call,
             Fault::PartHeadError => method == "HEAD" && target.contains("partNumber="),
-            Fault::IgnoresContentMd5 | Fault::EchoesContentMd5 => call.is_some(),
+            Fault::IgnoresContentMd5 => call.is_some(),
+            Fault::EchoesContentMd5 => call.is_some() || object_level(&target),
         });
         let fault = pos.map(|i| st.faults[i].clone());
         if let Some(Fault::CorruptBody { times, .. }) = pos.map(|i| &mut st.faults[i]) {
@@ -306,10 +310,18 @@ async fn serve(mut client: TcpStream, upstream: &str, state: &Mutex<State>) -> s
                     out.push_str(&format!("{k}: {}\r\n", v.to_ascii_uppercase()));
                     continue;
                 }
-                Some(Fault::EchoesContentMd5) if record.content_md5.is_some() => {
-                    let claimed = record.content_md5.as_deref().map(base64_decode).unwrap_or_default();
-                    out.push_str(&format!("{k}: \"{}\"\r\n", hex::encode(claimed)));
-                    continue;
+                Some(Fault::EchoesContentMd5) => {
+                    // What it was sent is what it answers, then and in every later answer about
+                    // the object (HEAD, GET).
+                    let path = target.split('?').next().unwrap_or_default().to_string();
+                    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(claimed) = record.content_md5.as_deref() {
+                        st.echoed.insert(path.clone(), hex::encode(base64_decode(claimed)));
+                    }
+                    if let Some(echo) = st.echoed.get(&path) {
+                        out.push_str(&format!("{k}: \"{echo}\"\r\n"));
+                        continue;
+                    }
                 }
                 Some(Fault::KmsEtag) => {
                     // Not the MD5 of the bytes: what SSE-KMS gives.

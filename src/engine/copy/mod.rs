@@ -270,11 +270,49 @@ impl CopyCtx<'_> {
         if Headers::from_head(&h).digest(&tags) != recorded.digest {
             return Ok(None);
         }
+        let vouched = matches!(
+            self.dst.body_checks.vouch(),
+            Vouch::ChecksContentMd5 | Vouch::EtagOfBytes
+        );
+        if !vouched && etag_md5(Some(etag), false).is_some() && !self.reads_back_as(task, h.version_id(), etag).await? {
+            // Not what crr sent, though the ETag says so: a destination not known to check
+            // what it stores may give back the Content-MD5 it was sent (the attempt died before
+            // crr compared the bytes it streamed with the source's ETag).
+            self.discard(task, h.version_id()).await;
+            return Ok(None);
+        }
         tracing::info!(task = task.id, key = %task.key, "the write of an interrupted attempt landed: not copied again");
         Ok(Some(Copied {
             dest_version: h.version_id().map(str::to_string),
             bytes: recorded.size,
         }))
+    }
+
+    /// Whether the destination's version of the task's key reads back as bytes whose MD5 is
+    /// `etag`.
+    async fn reads_back_as(&self, task: &Task, version: Option<&str>, etag: &str) -> Result<bool, CopyError> {
+        let got = self
+            .dst
+            .client
+            .get_object()
+            .bucket(&self.rule.destination.bucket)
+            .key(&task.key)
+            .set_version_id(version.map(str::to_string))
+            .send()
+            .await
+            .map_err(|e| s3_error("GetObject", &self.dst_target(&task.key), e))?;
+        let mut body = got.body;
+        let mut md5 = Md5::new();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| {
+                CopyError::Retry(format!(
+                    "GetObject {}: reading the body: {e}",
+                    self.dst_target(&task.key)
+                ))
+            })?;
+            md5.update(&chunk);
+        }
+        Ok(hex::encode(md5.finalize()) == etag)
     }
 
     async fn dest_tags(&self, key: &str, version: Option<&str>) -> Result<Vec<(String, String)>, CopyError> {
