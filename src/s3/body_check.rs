@@ -29,7 +29,7 @@ pub const PROBE_AFTER: u64 = 4 << 20;
 
 /// What an endpoint has shown of how it treats a body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Vouch {
+pub enum Guard {
     /// Not known (yet): crr hashes every body it streams there.
     Unknown,
     /// It refuses a body that does not match its `Content-MD5`, as S3 documents.
@@ -47,7 +47,7 @@ const CHECKS: u8 = 2;
 const ETAG: u8 = 3;
 const NEITHER: u8 = 4;
 
-/// One endpoint's [`Vouch`], shared by every clone of its client.
+/// One endpoint's [`Guard`], shared by every clone of its client.
 #[derive(Debug, Default)]
 pub struct BodyChecks {
     state: AtomicU8,
@@ -56,12 +56,12 @@ pub struct BodyChecks {
 }
 
 impl BodyChecks {
-    pub fn vouch(&self) -> Vouch {
+    pub fn guard(&self) -> Guard {
         match self.state.load(Ordering::Acquire) {
-            CHECKS => Vouch::ChecksContentMd5,
-            ETAG => Vouch::EtagOfBytes,
-            NEITHER => Vouch::Neither,
-            _ => Vouch::Unknown,
+            CHECKS => Guard::ChecksContentMd5,
+            ETAG => Guard::EtagOfBytes,
+            NEITHER => Guard::Neither,
+            _ => Guard::Unknown,
         }
     }
 
@@ -78,12 +78,12 @@ impl BodyChecks {
 
     /// What the question found: `None` when it could not tell (the endpoint did not answer);
     /// it is asked again once as many bytes have been hashed again.
-    pub fn learned(&self, found: Option<Vouch>) {
+    pub fn learned(&self, found: Option<Guard>) {
         let state = match found {
-            Some(Vouch::ChecksContentMd5) => CHECKS,
-            Some(Vouch::EtagOfBytes) => ETAG,
-            Some(Vouch::Neither) => NEITHER,
-            Some(Vouch::Unknown) | None => {
+            Some(Guard::ChecksContentMd5) => CHECKS,
+            Some(Guard::EtagOfBytes) => ETAG,
+            Some(Guard::Neither) => NEITHER,
+            Some(Guard::Unknown) | None => {
                 self.hashed.store(0, Ordering::Relaxed);
                 UNKNOWN
             }
@@ -117,26 +117,26 @@ pub async fn ask(s3: crate::s3::S3, bucket: String, key: String) {
     unanswered.0 = None;
     let endpoint = &s3.endpoint;
     let learned = match found {
-        Ok(Vouch::ChecksContentMd5) => {
+        Ok(Guard::ChecksContentMd5) => {
             tracing::info!(
                 %endpoint,
                 "the destination refuses a body that does not match its Content-MD5: crr leaves that check to it"
             );
-            Some(Vouch::ChecksContentMd5)
+            Some(Guard::ChecksContentMd5)
         }
-        Ok(Vouch::EtagOfBytes) => {
+        Ok(Guard::EtagOfBytes) => {
             tracing::info!(
                 %endpoint,
                 "the destination does not check Content-MD5 but answers with the MD5 of what it stored: crr checks that answer instead of hashing what it sends"
             );
-            Some(Vouch::EtagOfBytes)
+            Some(Guard::EtagOfBytes)
         }
         Ok(_) => {
             tracing::info!(
                 %endpoint,
                 "the destination neither checks Content-MD5 nor answers with the MD5 of what it stored: crr hashes what it sends there"
             );
-            Some(Vouch::Neither)
+            Some(Guard::Neither)
         }
         Err(Unasked { why, for_good }) => {
             tracing::info!(
@@ -145,7 +145,7 @@ pub async fn ask(s3: crate::s3::S3, bucket: String, key: String) {
                 "could not ask whether the destination checks Content-MD5: crr hashes what it sends there{}",
                 if for_good { "" } else { ", and asks again later" }
             );
-            for_good.then_some(Vouch::Neither)
+            for_good.then_some(Guard::Neither)
         }
     };
     s3.body_checks.learned(learned);
@@ -181,7 +181,7 @@ const PROBE_CLAIM: &[u8] = b"not the bytes sent";
 /// BadDigest counts as checking only when the same part with its own MD5 is then taken. The
 /// answer is about UploadPart, so that nothing is written; crr takes it for PutObject too, for
 /// which S3 documents the same check.
-pub async fn probe(client: &Client, bucket: &str, key: &str) -> Result<Vouch, Unasked> {
+pub async fn probe(client: &Client, bucket: &str, key: &str) -> Result<Guard, Unasked> {
     let target = format!("{bucket}/{key}");
     let created = client
         .create_multipart_upload()
@@ -191,7 +191,7 @@ pub async fn probe(client: &Client, bucket: &str, key: &str) -> Result<Vouch, Un
         .await
         .map_err(|e| s3_error("CreateMultipartUpload", &target, e))?;
     let Some(upload) = created.upload_id() else {
-        return Ok(Vouch::Neither);
+        return Ok(Guard::Neither);
     };
     let part = |claim: &[u8]| {
         client
@@ -211,15 +211,15 @@ pub async fn probe(client: &Client, bucket: &str, key: &str) -> Result<Vouch, Un
             let e = s3_error("UploadPart", &target, e);
             if e.is_code("BadDigest") {
                 match part(PROBE_BODY).await {
-                    Ok(_) => Ok(Vouch::ChecksContentMd5),
+                    Ok(_) => Ok(Guard::ChecksContentMd5),
                     Err(e) => Err(s3_error("UploadPart", &target, e).into()),
                 }
             } else {
                 Err(e.into())
             }
         }
-        Ok(out) if out.e_tag().map(crate::engine::copy::normal_etag) == Some(own) => Ok(Vouch::EtagOfBytes),
-        Ok(_) => Ok(Vouch::Neither),
+        Ok(out) if out.e_tag().map(crate::engine::copy::normal_etag) == Some(own) => Ok(Guard::EtagOfBytes),
+        Ok(_) => Ok(Guard::Neither),
     };
     if let Err(e) = client
         .abort_multipart_upload()
@@ -245,17 +245,17 @@ mod tests {
         assert!(!c.hashing(PROBE_AFTER - 1), "not before the threshold");
         assert!(c.hashing(1), "the call that reaches it asks");
         assert!(!c.hashing(PROBE_AFTER), "only one caller asks");
-        assert_eq!(c.vouch(), Vouch::Unknown, "hashing goes on while the question is out");
+        assert_eq!(c.guard(), Guard::Unknown, "hashing goes on while the question is out");
         c.learned(None);
         assert!(!c.hashing(1), "no answer: asked again after as many bytes again");
         assert!(c.hashing(PROBE_AFTER));
-        c.learned(Some(Vouch::ChecksContentMd5));
-        assert_eq!(c.vouch(), Vouch::ChecksContentMd5);
+        c.learned(Some(Guard::ChecksContentMd5));
+        assert_eq!(c.guard(), Guard::ChecksContentMd5);
         assert!(!c.hashing(PROBE_AFTER * 4), "an answer is kept");
         c.distrust();
         assert_eq!(
-            c.vouch(),
-            Vouch::ChecksContentMd5,
+            c.guard(),
+            Guard::ChecksContentMd5,
             "a check of Content-MD5 needs no ETag"
         );
     }
@@ -264,10 +264,10 @@ mod tests {
     fn an_endpoint_vouching_by_etags_is_distrusted_once_one_is_no_md5() {
         let c = BodyChecks::default();
         assert!(c.hashing(PROBE_AFTER));
-        c.learned(Some(Vouch::EtagOfBytes));
-        assert_eq!(c.vouch(), Vouch::EtagOfBytes);
+        c.learned(Some(Guard::EtagOfBytes));
+        assert_eq!(c.guard(), Guard::EtagOfBytes);
         c.distrust();
-        assert_eq!(c.vouch(), Vouch::Neither);
+        assert_eq!(c.guard(), Guard::Neither);
         assert!(!c.hashing(PROBE_AFTER), "and not asked again");
     }
 }
