@@ -41,6 +41,14 @@ pub enum Guard {
     Neither,
 }
 
+impl Guard {
+    /// Whether the endpoint itself catches a body that does not match the `Content-MD5` sent
+    /// with it, by refusing it or by the ETag it answers with.
+    pub fn vouches(self) -> bool {
+        matches!(self, Guard::ChecksContentMd5 | Guard::EtagOfBytes)
+    }
+}
+
 const UNKNOWN: u8 = 0;
 const ASKING: u8 = 1;
 const CHECKS: u8 = 2;

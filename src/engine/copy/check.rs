@@ -31,11 +31,10 @@ impl CopyCtx<'_> {
         if Headers::from_head(&h).digest(&tags) != recorded.digest {
             return Ok(None);
         }
-        let vouched = matches!(
-            self.dst.body_checks.guard(),
-            Guard::ChecksContentMd5 | Guard::EtagOfBytes
-        );
-        if !vouched && etag_md5(Some(etag), false).is_some() && !self.reads_back_as(task, h.version_id(), etag).await? {
+        if !self.dst.body_checks.guard().vouches()
+            && etag_md5(Some(etag), false).is_some()
+            && !self.reads_back_as(task, h.version_id(), etag).await?
+        {
             // Not what crr sent, though the ETag says so: a destination not known to check
             // what it stores may give back the Content-MD5 it was sent (the attempt died before
             // crr compared the bytes it streamed with the source's ETag).
@@ -142,10 +141,8 @@ impl CopyCtx<'_> {
             let _ = tokio::spawn(asked).await;
             self.store.set_upload(task.id, None)?;
         }
-        let vouch = checks.guard();
-        Ok((matches!(vouch, Guard::ChecksContentMd5 | Guard::EtagOfBytes)
-            && self.src.etag_is_md5.load(Ordering::Relaxed))
-        .then_some(vouch))
+        let guard = checks.guard();
+        Ok((guard.vouches() && self.src.etag_is_md5.load(Ordering::Relaxed)).then_some(guard))
     }
 
     /// Accepts a whole-object write: by its ETag when that is the MD5 of the bytes sent;

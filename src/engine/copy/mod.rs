@@ -318,7 +318,7 @@ impl CopyCtx<'_> {
     /// way and nothing is written.
     async fn put_whole(&self, task: &Task, first_read: Option<[u8; 16]>) -> Result<Whole, CopyError> {
         let buffer = first_read.is_some();
-        let vouch = if buffer {
+        let guard = if buffer {
             None
         } else {
             self.destination_vouches(task).await?
@@ -354,7 +354,7 @@ impl CopyCtx<'_> {
         };
         let tags = self.tags(task, got.tag_count()).await?;
         // A streamed body is hashed on its way unless the destination vouches for it.
-        let hashed = src_md5.is_some() && vouch.is_none();
+        let hashed = src_md5.is_some() && guard.is_none();
         let streamed = Arc::new(std::sync::Mutex::new(Md5::new()));
         let activity = Activity::new(size);
         let (body, md5) = match src_md5 {
@@ -475,7 +475,7 @@ impl CopyCtx<'_> {
             )));
         }
         let opaque = opaque_etag(out.server_side_encryption(), out.sse_customer_algorithm());
-        if vouch == Some(Guard::EtagOfBytes) && src_md5.is_some() && etag_md5(out.e_tag(), opaque).is_none() {
+        if guard == Some(Guard::EtagOfBytes) && src_md5.is_some() && etag_md5(out.e_tag(), opaque).is_none() {
             // Left to an ETag that turned out to be no MD5 (SSE-KMS on this bucket): nothing
             // vouches for these bytes.
             self.dst.body_checks.distrust();
